@@ -1,0 +1,38 @@
+# Two commands a new user needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CORES  ?= all
+
+.PHONY: demo test lint bench report clean-results venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml --workflow-profile workflow/profiles/default
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/snakemake --lint --configfile config/demo.yaml
+
+report: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml --report results/report.html
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_hs_overhead.py
+	$(BIN)/python benchmarks/bench_data_path.py
+	$(BIN)/python benchmarks/bench_train_step.py
+
+clean-results:
+	rm -rf results/runs results/tables results/logs results/benchmarks figures/*.png figures/*.pdf

@@ -1,0 +1,208 @@
+"""Find and read run folders (results/runs/{dataset}/{model}/{method}/k{kappa}/seed{seed}/).
+
+Everything in analysis is built from these files only, so tables and figures can be rebuilt
+without retraining. A folder counts as a run once its metrics.json exists (written last and
+atomically by training); folders without it are unfinished and skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hypersparse.masks import prunable_state_items
+
+# The tidy columns promised to callers, then a few extras useful for figures.
+COLUMNS: tuple[str, ...] = (
+    "dataset",
+    "model",
+    "method",
+    "kappa",
+    "seed",
+    "status",
+    "final_test_acc",
+    "best_test_acc",
+    "sparsity",
+    "target_zeros",
+    "num_zero",
+    "sparsity_ok",
+    "epochs",
+    "wall_time_s",
+    "run_dir",
+    "error",
+)
+EXTRA_COLUMNS: tuple[str, ...] = (
+    "method_family",
+    "best_epoch",
+    "final_train_acc",
+    "num_prunable",
+)
+
+_KAPPA_RE = re.compile(r"^k(\d+(?:\.\d+)?(?:e-?\d+)?)$")
+_SEED_RE = re.compile(r"^seed(\d+)$")
+
+
+def find_run_dirs(runs_root: Path) -> list[Path]:
+    """All folders under ``runs_root`` that hold a metrics.json (finished runs), sorted."""
+    runs_root = Path(runs_root)
+    if not runs_root.exists():
+        raise FileNotFoundError(
+            f"runs folder {runs_root} does not exist; train some runs first "
+            "(results/runs/{dataset}/{model}/{method}/k{kappa}/seed{seed}/)"
+        )
+    return sorted(p.parent for p in runs_root.rglob("metrics.json") if p.is_file())
+
+
+def parse_run_path(run_dir: Path, runs_root: Path | None = None) -> dict[str, Any]:
+    """dataset/model/method/kappa/seed read off the folder names (empty dict if no match)."""
+    parts = Path(run_dir).parts
+    if len(parts) < 5:
+        return {}
+    dataset, model, method, ktag, stag = parts[-5:]
+    km, sm = _KAPPA_RE.match(ktag), _SEED_RE.match(stag)
+    if km is None or sm is None:
+        return {}
+    return {
+        "dataset": dataset,
+        "model": model,
+        "method": method,
+        "kappa": float(km.group(1)),
+        "seed": int(sm.group(1)),
+    }
+
+
+def load_metrics(run_dir: Path) -> dict[str, Any]:
+    """The parsed metrics.json of a run folder."""
+    with open(Path(run_dir) / "metrics.json", encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _num(x: Any) -> float:
+    """float(x), NaN for None / non-numbers (so columns stay numeric)."""
+    if x is None or isinstance(x, bool):
+        return math.nan
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _int_or_none(x: Any) -> int | None:
+    """int(x) for integral numbers, None otherwise."""
+    v = _num(x)
+    return None if math.isnan(v) else int(v)
+
+
+def run_record(run_dir: Path) -> dict[str, Any]:
+    """One tidy row for a finished run folder (status 'failed' if metrics.json is unreadable)."""
+    run_dir = Path(run_dir)
+    from_path = parse_run_path(run_dir)
+    try:
+        m = load_metrics(run_dir)
+        if not isinstance(m, dict):
+            raise ValueError("top level is not an object")
+    except (OSError, ValueError) as exc:
+        m = {"status": "failed", "error": f"unreadable metrics.json: {exc}"}
+    rec: dict[str, Any] = {}
+    for key in ("dataset", "model", "method"):
+        rec[key] = m.get(key) if m.get(key) is not None else from_path.get(key)
+    rec["kappa"] = _num(m.get("kappa", from_path.get("kappa")))
+    seed = m.get("seed", from_path.get("seed"))
+    rec["seed"] = _int_or_none(seed)
+    status = m.get("status")
+    rec["status"] = status if status in ("ok", "failed") else "failed"
+    rec["error"] = m.get("error") or (
+        None if status in ("ok", "failed") else f"unknown status {status!r} in metrics.json"
+    )
+    ok = rec["status"] == "ok"
+    for key in ("final_test_acc", "best_test_acc", "sparsity", "final_train_acc", "wall_time_s"):
+        rec[key] = _num(m.get(key)) if ok else math.nan
+    for key in ("target_zeros", "num_zero", "num_prunable", "epochs", "best_epoch"):
+        rec[key] = _int_or_none(m.get(key))
+    # The sparsity check is recomputed from the counts when both exist (the contract:
+    # sparsity_ok == (num_zero == target_zeros)); xrda has no target, so it stays None.
+    if ok and rec["num_zero"] is not None and rec["target_zeros"] is not None:
+        rec["sparsity_ok"] = rec["num_zero"] == rec["target_zeros"]
+    elif ok and isinstance(m.get("sparsity_ok"), bool):
+        rec["sparsity_ok"] = m["sparsity_ok"]
+    else:
+        rec["sparsity_ok"] = None
+    rec["method_family"] = m.get("method_family")
+    rec["run_dir"] = str(run_dir)
+    return rec
+
+
+def collect_runs(runs_root: Path) -> pd.DataFrame:
+    """One row per finished run folder under ``runs_root`` (tidy columns, see COLUMNS).
+
+    Unfinished folders (no metrics.json) are skipped; failed runs are rows with status
+    'failed' and NaN accuracies. Rows are sorted by dataset, model, method, kappa, seed.
+    """
+    rows = [run_record(d) for d in find_run_dirs(runs_root)]
+    df = pd.DataFrame(rows, columns=list(COLUMNS + EXTRA_COLUMNS))
+    if df.empty:
+        return df
+    for col in ("seed", "target_zeros", "num_zero", "num_prunable", "epochs", "best_epoch"):
+        df[col] = df[col].astype("Int64")
+    df["sparsity_ok"] = df["sparsity_ok"].astype("boolean")
+    df = df.sort_values(["dataset", "model", "method", "kappa", "seed"], na_position="last")
+    return df.reset_index(drop=True)
+
+
+def select_runs(
+    df: pd.DataFrame,
+    *,
+    dataset: str | None = None,
+    model: str | None = None,
+    method: str | None = None,
+    kappa: float | None = None,
+    seed: int | None = None,
+    status: str | None = "ok",
+) -> pd.DataFrame:
+    """Rows of ``df`` matching every given field (kappa compared with a float tolerance)."""
+    keep = pd.Series(True, index=df.index)
+    for col, val in (("dataset", dataset), ("model", model), ("method", method)):
+        if val is not None:
+            keep &= df[col] == val
+    if kappa is not None:
+        keep &= np.isclose(df["kappa"].astype(float), float(kappa), rtol=0, atol=1e-9)
+    if seed is not None:
+        keep &= df["seed"] == int(seed)
+    if status is not None:
+        keep &= df["status"] == status
+    return df[keep]
+
+
+def load_history(run_dir: Path) -> pd.DataFrame:
+    """history.csv of a run (one row per epoch)."""
+    return pd.read_csv(Path(run_dir) / "history.csv")
+
+
+def load_art_trace_csv(run_dir: Path) -> pd.DataFrame:
+    """art_trace.csv of an ART run (one row per ART epoch)."""
+    return pd.read_csv(Path(run_dir) / "art_trace.csv")
+
+
+def load_art_trace_npz(run_dir: Path) -> dict[str, np.ndarray]:
+    """All arrays of art_trace.npz (loaded eagerly, no pickles)."""
+    with np.load(Path(run_dir) / "art_trace.npz", allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def load_state(run_dir: Path) -> dict[str, Any]:
+    """model.pt of a run: the final state dict (tensors only, loaded safely)."""
+    import torch
+
+    return torch.load(Path(run_dir) / "model.pt", map_location="cpu", weights_only=True)
+
+
+def load_prunable_weights(run_dir: Path) -> list[tuple[str, np.ndarray]]:
+    """(key, weight array) for the prunable weights in model.pt, in state-dict order."""
+    state = load_state(run_dir)
+    return [(k, v.detach().float().cpu().numpy()) for k, v in prunable_state_items(state)]

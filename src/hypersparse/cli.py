@@ -1,0 +1,254 @@
+"""Command-line interface: argument parsing and nothing else. The workflow calls only this."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger("hypersparse")
+
+
+def _add_spec_args(p: argparse.ArgumentParser, method_default: str | None) -> None:
+    p.add_argument("--spec-json", help="the full run spec as JSON (what the workflow passes)")
+    p.add_argument("--dataset", help="digits | cifar10 | cifar100 | tinyimagenet")
+    p.add_argument("--model", help="resnet<6n+2> (e.g. resnet32) | vgg11/13/16/19")
+    p.add_argument("--method", default=method_default, help="method family, e.g. omp, art")
+    p.add_argument("--label", help="run label (default: the method name)")
+    p.add_argument("--kappa", type=float, default=0.0, help="pruning rate in [0, 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
+    p.add_argument("--image-size", type=int, default=None, help="digits only (px)")
+    p.add_argument("--data-root", default="results/data")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--epochs", type=int, help="dense schedule length (dense) ")
+    p.add_argument("--finetune-epochs", type=int, help="sparse/fine-tune schedule length")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method parameter (YAML value), e.g. --set lambda_init=5e-6; repeatable",
+    )
+    p.add_argument("--out", required=True, type=Path, help="run folder to write")
+    p.add_argument("--dense-dir", type=Path, help="the dense run folder this method starts from")
+    p.add_argument(
+        "--init", type=Path, help="dense checkpoint (model.pt) to start from, instead of --dense-dir"
+    )
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument(
+        "--record-failure",
+        action="store_true",
+        help="on divergence write status 'failed' to metrics.json and exit 0 (the grid goes on)",
+    )
+    p.add_argument("--log-file", type=Path, help="also append log lines to this file")
+
+
+def _spec_from_args(args: argparse.Namespace) -> Any:
+    from .spec import RunSpec
+
+    if args.spec_json:
+        return RunSpec.from_dict(json.loads(args.spec_json))
+    if not (args.dataset and args.model and args.method):
+        raise ValueError("give --spec-json, or --dataset, --model and --method")
+    params = {}
+    for item in args.set:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        params[key] = yaml.safe_load(value)
+    d: dict[str, Any] = {
+        "dataset": args.dataset,
+        "model": args.model,
+        "method": args.label or args.method,
+        "family": args.method,
+        "kappa": args.kappa,
+        "seed": args.seed,
+        "width": args.width,
+        "image_size": args.image_size,
+        "data_root": args.data_root,
+        "device": args.device,
+        "params": params,
+    }
+    if args.epochs is not None:
+        d["dense"] = {"epochs": args.epochs, "milestones": [], "gamma": 0.1}
+    if args.finetune_epochs is not None:
+        d["finetune"] = {"epochs": args.finetune_epochs, "milestones": [], "gamma": 0.1}
+    return RunSpec.from_dict(d)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """train / sparsify: one run into one run folder."""
+    import torch
+
+    from .runner import DenseFiles, check_dense_source, execute
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = _spec_from_args(args)
+    dense = DenseFiles(args.dense_dir, args.init) if (args.dense_dir or args.init) else None
+    check_dense_source(spec, dense)
+    metrics = execute(spec, args.out, dense, record_failure=args.record_failure)
+    if metrics.get("status") == "failed":
+        print(f"run failed: {metrics.get('error')}", file=sys.stderr)
+        return 0
+    print(
+        f"{spec.method} {spec.dataset}/{spec.model} kappa={spec.kappa} seed={spec.seed}: "
+        f"final test acc {metrics['final_test_acc']:.2f}%, sparsity {metrics['sparsity']:.4f}"
+    )
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Download (if allowed), verify and cache a data set."""
+    from .data import prepare_dataset
+
+    path = prepare_dataset(
+        args.dataset, args.root, download=not args.no_download, image_size=args.image_size
+    )
+    print(path)
+    return 0
+
+
+def cmd_validate_config(args: argparse.Namespace) -> int:
+    """Validate a workflow config file."""
+    from .config import load_config
+
+    cfg = load_config(args.config)
+    print(f"{args.config}: OK ({len(cfg['datasets'])} data sets, {len(cfg['models'])} models, "
+          f"{len(cfg['methods'])} methods, {len(cfg['kappas'])} kappas, {len(cfg['seeds'])} seeds)")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    """List registered methods and their parameters with defaults."""
+    import dataclasses
+
+    from .methods import METHODS
+
+    for family, cls in sorted(METHODS.items()):
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"{family}: {doc}")
+        for f in dataclasses.fields(cls.Params):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            print(f"    {f.name} = {default!r}")
+    return 0
+
+
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    """Collect run folders into tables (CSV, Markdown, LaTeX)."""
+    from .analysis import write_tables
+
+    paths = write_tables(
+        args.runs,
+        args.out,
+        paper_targets=args.paper_targets,
+        datasets=args.dataset or None,
+        models=args.model or None,
+    )
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Render one figure (PNG + PDF) from run folders."""
+    from .analysis import plot_figure
+
+    opts = {k: v for k, v in (("dataset", args.dataset), ("model", args.model),
+                              ("kappa", args.kappa), ("seed", args.seed)) if v is not None}
+    for p in plot_figure(args.figure, args.runs, args.out, **opts):
+        print(p)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with all subcommands."""
+    p = argparse.ArgumentParser(
+        prog="hypersparse",
+        description="HyperSparse / ART replication: data, training, sparsification, analysis.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("prepare", help="download, verify and cache a data set")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--root", default="results/data", type=Path)
+    s.add_argument("--image-size", type=int, default=None, help="digits only (px)")
+    s.add_argument("--no-download", action="store_true", help="never touch the network")
+    s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("train", help="train a dense model (the 0%% baseline)")
+    _add_spec_args(s, "dense")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("sparsify", aliases=["prune"], help="run a sparsification method (prune + fine-tune, ART, ...)")
+    _add_spec_args(s, None)
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("validate-config", help="check a workflow config file")
+    s.add_argument("config", type=Path)
+    s.set_defaults(func=cmd_validate_config)
+
+    s = sub.add_parser("methods", help="list the registered methods and their parameters")
+    s.set_defaults(func=cmd_methods)
+
+    s = sub.add_parser("aggregate", help="collect run folders into comparison tables")
+    s.add_argument("--runs", type=Path, default=Path("results/runs"))
+    s.add_argument("--out", type=Path, default=Path("results/tables"))
+    s.add_argument("--paper-targets", type=Path, default=None)
+    s.add_argument("--dataset", action="append", help="restrict to these data sets (repeatable)")
+    s.add_argument("--model", action="append", help="restrict to these models (repeatable)")
+    s.set_defaults(func=cmd_aggregate)
+
+    s = sub.add_parser("plot", help="render one figure from run folders")
+    s.add_argument("figure", help="figure name (see README, Figures)")
+    s.add_argument("--runs", type=Path, default=Path("results/runs"))
+    s.add_argument("--out", type=Path, required=True, help="output path without extension")
+    s.add_argument("--dataset")
+    s.add_argument("--model")
+    s.add_argument("--kappa", type=float)
+    s.add_argument("--seed", type=int)
+    s.set_defaults(func=cmd_plot)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``hypersparse`` console script."""
+    args = build_parser().parse_args(argv)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if getattr(args, "log_file", None):
+        args.log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(args.log_file))
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        handlers=handlers,
+    )
+    from .config import ConfigError
+    from .data import DataError
+    from .engine import DivergenceError
+    from .io import CheckpointError
+    from .methods import ParamError
+    from .runner import SpecMismatchError
+
+    try:
+        return int(args.func(args) or 0)
+    except DivergenceError as exc:
+        print(f"hypersparse: error: {exc}", file=sys.stderr)
+        return 3
+    except (ConfigError, DataError, CheckpointError, ParamError, SpecMismatchError) as exc:
+        print(f"hypersparse: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"hypersparse: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

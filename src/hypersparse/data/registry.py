@@ -1,0 +1,124 @@
+"""Data sets by name: static facts, one-time preparation into a cache, and loading a split.
+
+Cache layout: `<root>/<name>/prepared/{train,test}.npz` (arrays `images` uint8 NCHW and
+`labels` int64, loadable with allow_pickle=False) plus `meta.json`, written last, which records
+each file's size and SHA-256. For digits with a non-default image size or split seed the folder
+is `prepared_s<size>_seed<seed>` so different variants never overwrite each other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from . import cifar, digits, tinyimagenet
+from .common import (
+    DataError,
+    DatasetInfo,
+    ImageData,
+    cache_is_valid,
+    read_split,
+    write_cache,
+)
+
+DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "tinyimagenet")
+
+
+def _check_name(name: str) -> None:
+    """DataError for an unknown data set name."""
+    if name not in DATASETS:
+        raise DataError(f"unknown data set '{name}' (choose one of {', '.join(DATASETS)})")
+
+
+def _check_size(name: str, image_size: int | None) -> None:
+    """Only digits can be resized; others accept None or their native size."""
+    native = {"cifar10": 32, "cifar100": 32, "tinyimagenet": 64}
+    if name != "digits" and image_size is not None and image_size != native[name]:
+        raise DataError(
+            f"{name} has fixed image size {native[name]}; image_size={image_size} is not supported"
+        )
+
+
+def dataset_info(name: str, image_size: int | None = None, seed: int = 0) -> DatasetInfo:
+    """Static facts about `name`; for digits, `image_size` (default 16) and split `seed` matter."""
+    _check_name(name)
+    _check_size(name, image_size)
+    if name == "digits":
+        size = digits.resolve_size(image_size)
+        mean, std = digits.mean_std(size, seed)
+        return DatasetInfo("digits", digits.NUM_CLASSES, 1, size, mean, std,
+                           pad=digits.pad_for(size), hflip=False)
+    if name in cifar.MEAN_STD:
+        mean, std = cifar.MEAN_STD[name]
+        return DatasetInfo(name, cifar.NUM_CLASSES[name], 3, 32, mean, std, pad=4, hflip=True)
+    return DatasetInfo("tinyimagenet", tinyimagenet.NUM_CLASSES, 3, tinyimagenet.IMAGE_SIZE,
+                       tinyimagenet.MEAN, tinyimagenet.STD, pad=4, hflip=True)
+
+
+def _params(name: str, image_size: int | None, seed: int) -> dict[str, Any]:
+    """The parameters a cache depends on (recorded in meta.json)."""
+    if name == "digits":
+        return {"image_size": digits.resolve_size(image_size), "split_seed": int(seed),
+                "test_fraction": digits.TEST_FRACTION}
+    return {}
+
+
+def prepared_dir(name: str, root: str | Path, image_size: int | None = None,
+                 seed: int = 0) -> Path:
+    """Folder of the prepared cache of `name` (variant-specific for digits)."""
+    _check_name(name)
+    base = Path(root) / name
+    if name == "digits":
+        size = digits.resolve_size(image_size)
+        if (size, seed) != (digits.DEFAULT_IMAGE_SIZE, digits.DEFAULT_SPLIT_SEED):
+            return base / f"prepared_s{size}_seed{seed}"
+    return base / "prepared"
+
+
+def prepare_dataset(name: str, root: str | Path, download: bool = True,
+                    image_size: int | None = None, seed: int = 0) -> Path:
+    """Download (if allowed), verify and convert `name` once into its cache; return the folder.
+
+    Idempotent: a cache whose meta.json and file hashes check out is reused untouched.
+    `seed` is the digits split seed (independent of any training seed); others ignore it.
+    """
+    _check_name(name)
+    _check_size(name, image_size)
+    info = dataset_info(name, image_size, seed)
+    out = prepared_dir(name, root, image_size, seed)
+    params = _params(name, image_size, seed)
+    if cache_is_valid(out, name, params):
+        return out
+    extra: dict[str, Any] = {}
+    if name == "digits":
+        train, test = digits.build_splits(info.image_size, seed)
+        extra["classes"] = [str(i) for i in range(10)]
+        extra["source"] = "sklearn.datasets.load_digits"
+    elif name in cifar.NUM_CLASSES:
+        train, test, classes = cifar.build_splits(name, root, download)
+        extra["classes"] = classes
+        extra["source"] = cifar.dataset_class(name).url
+    else:
+        train, test, wnids = tinyimagenet.build_splits(root, download)
+        extra["classes"] = wnids
+        extra["source"] = tinyimagenet.TINYIMAGENET_URL
+        extra["test_split_is"] = "val"
+    write_cache(out, info, {"train": train, "test": test}, params, extra)
+    return out
+
+
+def load_split(name: str, root: str | Path, split: str, image_size: int | None = None,
+               seed: int = 0) -> ImageData:
+    """Read split 'train' or 'test' from the prepared cache (DataError if missing/corrupt)."""
+    _check_name(name)
+    _check_size(name, image_size)
+    out = prepared_dir(name, root, image_size, seed)
+    data = read_split(out, name, root, split)
+    info = dataset_info(name, image_size, seed)
+    if tuple(data.images.shape[1:]) != (info.in_channels, info.image_size, info.image_size):
+        raise DataError(
+            f"{out}: images are {tuple(data.images.shape[1:])}, expected "
+            f"{(info.in_channels, info.image_size, info.image_size)}; delete {out} and "
+            f"run `hypersparse prepare --dataset {name}`"
+        )
+    return data

@@ -1,0 +1,448 @@
+"""The one training engine: epochs, lr schedule, optimizer steps, evaluation, checkpoints.
+
+Methods never copy this loop; they hook into it (:class:`Hooks`) and run it in phases
+(:class:`Phase`: e.g. ART's regularised phase, then fine-tuning). Every epoch ends with an
+atomic checkpoint, so an interrupted run resumes where it stopped and ends bit-identical
+(on CPU) to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import masks as M
+from .data import BatchLoader, dataset_info, load_split
+from .io import CheckpointError, atomic_torch_save, atomic_write_text, safe_torch_load
+from .models import build_model
+from .spec import RunSpec
+
+log = logging.getLogger("hypersparse")
+
+HISTORY_COLUMNS = (
+    "phase",
+    "epoch",
+    "phase_epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "sparsity",
+    "seconds",
+)
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a non-finite loss."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Phase:
+    """One stretch of training with one optimizer and one lr schedule."""
+
+    name: str
+    epochs: int  # maximum number of epochs; hooks may stop earlier
+    lr: float
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    start_epoch: int | None = None  # set the global epoch counter when the phase starts
+    snapshots: dict[int, str] = field(default_factory=dict)  # phase epoch -> file name
+    optimizer_factory: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None
+    scheduler_factory: Callable[[torch.optim.Optimizer], Any] | None = None
+
+
+class Hooks:
+    """Method plug-in points; the default does nothing (plain dense training)."""
+
+    def on_phase_start(self, trainer: Trainer) -> None:
+        """Called once when the phase starts fresh (not on resume)."""
+
+    def loss_term(self, trainer: Trainer, model: nn.Module) -> torch.Tensor | None:
+        """Extra loss added to the cross-entropy (e.g. a regulariser)."""
+        return None
+
+    def before_step(self, trainer: Trainer) -> None:
+        """After backward, before the optimizer step (e.g. mask gradients)."""
+
+    def after_step(self, trainer: Trainer) -> None:
+        """After the optimizer step (e.g. re-apply masks, drop/grow)."""
+
+    def end_epoch(self, trainer: Trainer, row: dict[str, Any]) -> bool:
+        """After the epoch's evaluation; return True to end the phase early."""
+        return False
+
+    def on_phase_end(self, trainer: Trainer) -> dict[str, Any]:
+        """When the phase ends (before its final checkpoint); returns phase results."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Method state to checkpoint (tensors, numbers, strings, lists, dicts only)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+
+class MaskHooks(Hooks):
+    """Keeps pruned weights exactly zero through momentum and weight decay.
+
+    Gradients of pruned weights are zeroed before the step (so momentum buffers stay zero)
+    and the mask is re-applied after it (so weight decay and any residue cannot revive them).
+    """
+
+    def __init__(self, masks: M.Masks | None = None) -> None:
+        self.masks: M.Masks = masks or {}
+
+    def on_phase_start(self, trainer: Trainer) -> None:
+        self.masks = M.masks_to(self.masks, trainer.device)
+        M.apply_masks(trainer.model, self.masks)
+
+    def before_step(self, trainer: Trainer) -> None:
+        M.mask_gradients(trainer.model, self.masks)
+
+    def after_step(self, trainer: Trainer) -> None:
+        M.apply_masks(trainer.model, self.masks)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"masks": {k: v.cpu() for k, v in self.masks.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.masks = dict(state.get("masks", {}))
+
+
+class Trainer:
+    """Holds data, model and checkpoint state of one run folder and runs phases on it."""
+
+    def __init__(self, spec: RunSpec, run_dir: Path, *, progress: bool | None = None) -> None:
+        self.spec = spec
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "ckpt"
+        self.device = resolve_device(spec.device)
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.info = dataset_info(spec.dataset, image_size=spec.image_size)
+        self.train_data = load_split(
+            spec.dataset, spec.data_root, "train", image_size=spec.image_size
+        )
+        self.test_data = load_split(spec.dataset, spec.data_root, "test", image_size=spec.image_size)
+        bs, ebs = spec.optim.batch_size, spec.optim.eval_batch_size
+        self.train_loader = BatchLoader(
+            self.train_data, self.info, bs, train=True, device=self.device, seed=spec.seed
+        )
+        self.test_loader = BatchLoader(
+            self.test_data, self.info, ebs, train=False, device=self.device
+        )
+        torch.manual_seed(spec.seed)
+        self.model = build_model(
+            spec.model, self.info.num_classes, in_channels=self.info.in_channels, width=spec.width
+        ).to(self.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+        self.epoch = 0  # global epochs completed
+        self.phase: Phase | None = None
+        self.phase_epoch = 0
+        self.step = 0  # optimizer steps in the current phase
+        self.history: list[dict[str, Any]] = []
+        self.done: dict[str, dict[str, Any]] = {}
+        self._ckpt: dict[str, Any] | None = self._load_checkpoint()
+        if self._ckpt is not None:
+            self.done = dict(self._ckpt.get("done", {}))
+
+    # ----------------------------------------------------------------- checkpoints
+    def _load_checkpoint(self) -> dict[str, Any] | None:
+        for name in ("last.pt", "prev.pt"):
+            path = self.ckpt_dir / name
+            if not path.exists():
+                continue
+            try:
+                ckpt = safe_torch_load(path, map_location="cpu")
+                if not isinstance(ckpt, dict) or ckpt.get("format") != 1:
+                    raise CheckpointError(f"checkpoint {path} has an unknown layout")
+            except CheckpointError as exc:
+                log.warning("%s; trying the previous checkpoint", exc)
+                continue
+            log.info("resuming from %s (phase %s, epoch %d)", path, ckpt["phase"], ckpt["epoch"])
+            return ckpt
+        return None
+
+    def _save_checkpoint(self, hooks: Hooks) -> None:
+        assert self.phase is not None and self.optimizer is not None
+        state = {
+            "format": 1,
+            "phase": self.phase.name,
+            "phase_epoch": self.phase_epoch,
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "hooks": hooks.state_dict(),
+            "rng": torch.get_rng_state(),
+            "step": self.step,
+            "done": self.done,
+            "history": self.history,
+        }
+        last, prev = self.ckpt_dir / "last.pt", self.ckpt_dir / "prev.pt"
+        if last.exists():
+            last.replace(prev)
+        atomic_torch_save(last, state)
+        self._write_history()
+
+    def _write_history(self) -> None:
+        lines = [",".join(HISTORY_COLUMNS)]
+        for row in self.history:
+            lines.append(",".join(_fmt(row.get(c)) for c in HISTORY_COLUMNS))
+        atomic_write_text(self.run_dir / "history.csv", "\n".join(lines) + "\n")
+
+    def save_snapshot(self, path: Path) -> None:
+        """Model and optimizer state, e.g. the warm-up checkpoint ART starts from."""
+        assert self.optimizer is not None
+        atomic_torch_save(
+            path,
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "epoch": self.epoch,
+            },
+        )
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: BatchLoader, epoch: int = 0) -> tuple[float, float]:
+        """(mean CE loss, top-1 accuracy in %) of ``model`` in eval mode over ``loader``."""
+        was_training = model.training
+        model.eval()
+        loader.set_epoch(epoch)
+        loss_sum, correct, count = 0.0, 0, 0
+        for x, y in loader:
+            x = self._prep(x)
+            with self._autocast():
+                out = model(x)
+            loss_sum += float(F.cross_entropy(out.float(), y, reduction="sum"))
+            correct += int((out.argmax(1) == y).sum())
+            count += y.numel()
+        model.train(was_training)
+        return loss_sum / max(count, 1), 100.0 * correct / max(count, 1)
+
+    def train_eval_loader(self, augment: bool) -> BatchLoader:
+        """The training set in a fixed order, with or without augmentation, large batches."""
+        return BatchLoader(
+            self.train_data,
+            self.info,
+            self.spec.optim.eval_batch_size,
+            train=False,
+            augment=augment,
+            device=self.device,
+            seed=self.spec.seed,
+        )
+
+    def _prep(self, x: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _autocast(self) -> Any:
+        enabled = self.spec.precision == "bf16" and self.device.type == "cuda"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    # -------------------------------------------------------------------- training
+    def _make_optimizer(self, phase: Phase) -> None:
+        params = self.model.parameters()
+        o = self.spec.optim
+        if phase.optimizer_factory is not None:
+            self.optimizer = phase.optimizer_factory(params)
+        else:
+            self.optimizer = torch.optim.SGD(
+                params, lr=phase.lr, momentum=o.momentum, weight_decay=o.weight_decay
+            )
+        if phase.scheduler_factory is not None:
+            self.scheduler = phase.scheduler_factory(self.optimizer)
+        elif phase.milestones:
+            self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+                self.optimizer, milestones=list(phase.milestones), gamma=phase.gamma
+            )
+        else:
+            self.scheduler = None
+
+    def fit(
+        self,
+        phase: Phase,
+        hooks: Hooks | None = None,
+        on_start: Callable[[Trainer], dict[str, Any] | None] | None = None,
+    ) -> dict[str, Any]:
+        """Run (or resume, or skip if already done) one phase; returns its results.
+
+        ``on_start`` runs only when the phase starts fresh: it prepares the model (load
+        weights, prune) and may return an optimizer state dict to continue from.
+        """
+        hooks = hooks or Hooks()
+        ck = self._ckpt
+        if ck is not None and phase.name in self.done and ck["phase"] != phase.name:
+            return self.done[phase.name]  # finished earlier; a later phase's checkpoint rules
+        self.phase = phase
+        self._make_optimizer(phase)
+        assert self.optimizer is not None
+        if ck is not None and ck["phase"] == phase.name:
+            self.model.load_state_dict(ck["model"])
+            hooks.load_state_dict(ck["hooks"])
+            if hasattr(hooks, "masks"):
+                hooks.masks = M.masks_to(hooks.masks, self.device)
+            self.history = list(ck["history"])
+            self.epoch, self.phase_epoch = int(ck["epoch"]), int(ck["phase_epoch"])
+            self.step = int(ck.get("step", 0))
+            self._ckpt = None
+            if phase.name in self.done:
+                return self.done[phase.name]
+            self.optimizer.load_state_dict(ck["optimizer"])
+            if self.scheduler is not None and ck["scheduler"]:
+                self.scheduler.load_state_dict(ck["scheduler"])
+            torch.set_rng_state(ck["rng"])
+        else:
+            self._ckpt = None
+            self.phase_epoch = 0
+            self.step = 0
+            if phase.start_epoch is not None:
+                self.epoch = phase.start_epoch
+            opt_state = on_start(self) if on_start is not None else None
+            if opt_state:
+                self.optimizer.load_state_dict(opt_state)
+                for group in self.optimizer.param_groups:  # the phase decides the lr
+                    group["lr"] = phase.lr
+                    group["initial_lr"] = phase.lr
+            hooks.on_phase_start(self)
+        stopped = False
+        while self.phase_epoch < phase.epochs and not stopped:
+            row = self._train_epoch(phase, hooks)
+            self.phase_epoch += 1
+            self.epoch += 1
+            self.history.append(row)
+            stopped = bool(hooks.end_epoch(self, row))
+            if self.phase_epoch in phase.snapshots:
+                self.save_snapshot(self.run_dir / phase.snapshots[self.phase_epoch])
+            finished = stopped or self.phase_epoch >= phase.epochs
+            if finished:
+                result = {"epochs": self.phase_epoch, "stopped_early": stopped}
+                result.update(hooks.on_phase_end(self))
+                self.done[phase.name] = result
+            self._save_checkpoint(hooks)
+        if phase.name not in self.done:  # zero-epoch phase
+            result = {"epochs": self.phase_epoch, "stopped_early": False}
+            result.update(hooks.on_phase_end(self))
+            self.done[phase.name] = result
+        return self.done[phase.name]
+
+    def _train_epoch(self, phase: Phase, hooks: Hooks) -> dict[str, Any]:
+        assert self.optimizer is not None
+        t0 = time.perf_counter()
+        model, opt = self.model, self.optimizer
+        model.train()
+        self.train_loader.set_epoch(self.epoch)
+        lr = opt.param_groups[0]["lr"]
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        count = 0
+        batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = self.train_loader
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(
+                batches,
+                total=len(self.train_loader),
+                desc=f"{phase.name} epoch {self.epoch}",
+                leave=False,
+                file=sys.stderr,
+            )
+            batches = bar
+        for x, y in batches:
+            x = self._prep(x)
+            with self._autocast():
+                out = model(x)
+                loss = F.cross_entropy(out.float(), y)
+            extra = hooks.loss_term(self, model)
+            total = loss if extra is None else loss + extra
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            hooks.before_step(self)
+            opt.step()
+            hooks.after_step(self)
+            self.step += 1
+            loss_sum += loss.detach() * y.numel()
+            correct += (out.detach().argmax(1) == y).sum()
+            count += y.numel()
+        if bar is not None:
+            bar.close()
+        train_loss = float(loss_sum) / max(count, 1)
+        if not math.isfinite(train_loss):
+            raise DivergenceError(
+                f"training diverged in phase {phase.name!r} at epoch {self.epoch}: the mean "
+                f"training loss is {train_loss}. Likely cause: a learning rate or a "
+                "regularisation strength (lambda_init, eta) that is too large."
+            )
+        if self.scheduler is not None:
+            self.scheduler.step()
+        test_loss, test_acc = self.evaluate(model, self.test_loader)
+        sparsity = _live_sparsity(model)
+        row = {
+            "phase": phase.name,
+            "epoch": self.epoch,
+            "phase_epoch": self.phase_epoch,
+            "lr": lr,
+            "train_loss": train_loss,
+            "train_acc": 100.0 * int(correct) / max(count, 1),
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "sparsity": sparsity,
+            "seconds": time.perf_counter() - t0,
+        }
+        log.info(
+            "%s epoch %d (%d/%d): lr %.4g train loss %.4f acc %.2f | test loss %.4f acc %.2f"
+            " | sparsity %.4f | %.1fs",
+            phase.name,
+            self.epoch,
+            self.phase_epoch + 1,
+            phase.epochs,
+            lr,
+            train_loss,
+            row["train_acc"],
+            test_loss,
+            test_acc,
+            sparsity,
+            row["seconds"],
+        )
+        return row
+
+
+@torch.no_grad()
+def _live_sparsity(model: nn.Module) -> float:
+    ws = M.prunable_weights(model)
+    total = sum(w.numel() for w in ws)
+    zeros = sum(int((w == 0).sum()) for w in ws)
+    return zeros / total if total else 0.0
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)

@@ -1,0 +1,159 @@
+"""The one place that knows which weights are prunable, and how masks are built and applied.
+
+Prunable = the weight tensor of every ``Conv2d`` and ``Linear`` (first conv, 1x1 shortcuts and
+the classifier included); biases and BatchNorm parameters never are (PAPER_NOTES.md section 1).
+Sparsity is global: one threshold over the concatenation of all prunable weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+
+Masks = dict[str, torch.Tensor]
+
+
+def prunable_named_weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """(parameter name, weight) for every Conv2d/Linear weight, in module order."""
+    out = []
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, PRUNABLE_TYPES):
+            out.append((f"{mod_name}.weight" if mod_name else "weight", mod.weight))
+    return out
+
+
+def prunable_weights(model: nn.Module) -> list[torch.Tensor]:
+    """The prunable weight tensors of ``model`` (see module docstring)."""
+    return [w for _, w in prunable_named_weights(model)]
+
+
+def is_prunable_key(key: str, tensor: torch.Tensor) -> bool:
+    """Prunable test on a saved state dict, where module types are gone.
+
+    Conv and Linear weights are the only ``*.weight`` entries with two or more dimensions
+    (BatchNorm weights are 1-D), so this agrees with :func:`prunable_named_weights`.
+    """
+    return key.endswith("weight") and tensor.dim() >= 2 and tensor.is_floating_point()
+
+
+def prunable_state_items(state: Mapping[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+    """Prunable (key, tensor) pairs of a saved state dict, in its order."""
+    return [(k, v) for k, v in state.items() if is_prunable_key(k, v)]
+
+
+def num_prunable(model: nn.Module) -> int:
+    """N: the number of prunable weights."""
+    return sum(w.numel() for w in prunable_weights(model))
+
+
+def target_zeros(kappa: float, n: int) -> int:
+    """floor(kappa * N), the exact number of zeros a pruning rate kappa asks for."""
+    if not 0.0 <= kappa < 1.0:
+        raise ValueError(f"pruning rate kappa must be in [0, 1), got {kappa}")
+    # The small epsilon keeps e.g. 0.9 * 1000 from flooring to 899 through float error.
+    return int(math.floor(kappa * n + 1e-9))
+
+
+def flat_abs(weights: Iterable[torch.Tensor]) -> torch.Tensor:
+    """|w| of all tensors, detached and concatenated into one float32 vector."""
+    return torch.cat([w.detach().abs().reshape(-1).float() for w in weights])
+
+
+def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th smallest entry (0-based) of a 1-D tensor by selection, O(N), not by sorting."""
+    n = values.numel()
+    if not 0 <= k < n:
+        raise ValueError(f"k={k} out of range for {n} values")
+    # torch.kthvalue is 1-based and uses quickselect on CPU and CUDA.
+    return torch.kthvalue(values, k + 1).values
+
+
+def topk_masks_from_scores(
+    scores: Mapping[str, torch.Tensor] | list[tuple[str, torch.Tensor]], keep: int
+) -> Masks:
+    """Masks keeping exactly ``keep`` entries with the largest scores, globally.
+
+    Ties are broken deterministically by position in the concatenated vector (earlier wins),
+    so the count is exact even when many scores are equal (e.g. zeros).
+    """
+    items = list(scores.items()) if isinstance(scores, Mapping) else list(scores)
+    flat = torch.cat([s.detach().reshape(-1).float() for _, s in items])
+    n = flat.numel()
+    if not 0 <= keep <= n:
+        raise ValueError(f"cannot keep {keep} of {n} weights")
+    keep_flat = torch.zeros(n, dtype=torch.bool, device=flat.device)
+    if keep > 0:
+        # A stable descending sort makes tie-breaking depend on position only.
+        order = torch.sort(flat, descending=True, stable=True).indices
+        keep_flat[order[:keep]] = True
+    masks: Masks = {}
+    offset = 0
+    for name, s in items:
+        masks[name] = keep_flat[offset : offset + s.numel()].view_as(s).clone()
+        offset += s.numel()
+    return masks
+
+
+def magnitude_masks(named_weights: list[tuple[str, torch.Tensor]], kappa: float) -> Masks:
+    """Global magnitude masks with exactly floor(kappa*N) zeros (smallest |w| pruned)."""
+    n = sum(w.numel() for _, w in named_weights)
+    keep = n - target_zeros(kappa, n)
+    return topk_masks_from_scores([(k, w.detach().abs()) for k, w in named_weights], keep)
+
+
+def model_masks_by_magnitude(model: nn.Module, kappa: float) -> Masks:
+    """Global magnitude masks over the prunable weights of ``model``."""
+    return magnitude_masks(prunable_named_weights(model), kappa)
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: Masks) -> None:
+    """Zero the masked-out weights in place (no new allocations for the weights)."""
+    for name, w in prunable_named_weights(model):
+        m = masks.get(name)
+        if m is not None:
+            w.mul_(m)
+
+
+@torch.no_grad()
+def mask_gradients(model: nn.Module, masks: Masks) -> None:
+    """Zero gradients of pruned weights so momentum buffers never pick them up."""
+    for name, w in prunable_named_weights(model):
+        m = masks.get(name)
+        if m is not None and w.grad is not None:
+            w.grad.mul_(m)
+
+
+def masks_to(masks: Masks, device: torch.device | str) -> Masks:
+    """Move masks to ``device`` (bool tensors)."""
+    return {k: v.to(device=device, dtype=torch.bool) for k, v in masks.items()}
+
+
+def masks_from_state(state: Mapping[str, torch.Tensor]) -> Masks:
+    """Masks read off saved weights: nonzero prunable weights are kept."""
+    return {k: v != 0 for k, v in prunable_state_items(state)}
+
+
+def sparsity_report(state: Mapping[str, torch.Tensor]) -> dict:
+    """Global sparsity and per-layer density counted from (saved) weights.
+
+    Returns num_prunable, num_zero, sparsity, layer_density {name: fraction nonzero},
+    layer_size {name: numel} and disconnected_layers (layers with no nonzero weight).
+    """
+    items = prunable_state_items(state)
+    total = sum(v.numel() for _, v in items)
+    zeros = sum(int((v == 0).sum()) for _, v in items)
+    density = {k: float((v != 0).sum()) / v.numel() for k, v in items}
+    return {
+        "num_prunable": total,
+        "num_zero": zeros,
+        "sparsity": zeros / total if total else 0.0,
+        "layer_density": density,
+        "layer_size": {k: v.numel() for k, v in items},
+        "disconnected_layers": [k for k, d in density.items() if d == 0.0],
+    }

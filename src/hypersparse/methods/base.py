@@ -1,0 +1,188 @@
+"""What a sparsification method is: a parameter dataclass plus a ``run`` that drives the engine.
+
+A method registers itself with :func:`register`; the config names it (``family``), the
+workflow finds its dense inputs through :meth:`Method.dense_inputs`, and every table and
+figure picks its runs up from the run folders. See the README ("Adding a method").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..engine import MaskHooks, Phase, Trainer
+from ..io import load_state_dict_checked, safe_torch_load
+from ..masks import Masks
+from ..spec import RunSpec
+
+METHODS: dict[str, type[Method]] = {}
+
+
+class ParamError(ValueError):
+    """A method parameter that is unknown or of the wrong type/range."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NoParams:
+    """For methods without hyper-parameters of their own."""
+
+
+class Method:
+    """Base class of every method; subclasses set ``family`` and implement :meth:`run`."""
+
+    family: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+    exact_sparsity: ClassVar[bool] = True  # ends with exactly floor(kappa*N) zeros
+    needs_kappa: ClassVar[bool] = True  # runs once per kappa (False: dense, xrda)
+
+    def __init__(self, spec: RunSpec, params: Any) -> None:
+        self.spec = spec
+        self.p = params
+
+    @classmethod
+    def dense_inputs(cls, params: Any) -> list[str]:
+        """Files of the dense run (same data set, model, seed) this method starts from."""
+        return []
+
+    @classmethod
+    def snapshot_epochs(cls, params: Any) -> list[int]:
+        """Epochs at which the dense run must save ``snapshot_e{E}.pt`` for this method."""
+        return []
+
+    def run(self, trainer: Trainer, dense_dir: Path | None) -> dict[str, Any]:
+        """Train; leave the final model in ``trainer.model``; return extra metrics."""
+        raise NotImplementedError
+
+    def write_failure_outputs(self, run_dir: Path) -> None:
+        """After a diverged run: write this method's extra output files if they are missing."""
+
+    # helpers shared by methods -------------------------------------------------
+    def finetune_phase(self, name: str = "finetune") -> Phase:
+        """The standard schedule of a sparse model (config ``finetune``: 160, [80, 120])."""
+        f = self.spec.finetune
+        return Phase(name, f.epochs, self.spec.optim.lr, f.milestones, f.gamma)
+
+    def train_with_mask(
+        self, trainer: Trainer, masks_fn: Any, name: str = "finetune", phase: Phase | None = None
+    ) -> dict[str, Any]:
+        """Fine-tune / train with a fixed mask computed by ``masks_fn(trainer) -> Masks``."""
+        hooks = MaskHooks()
+
+        def start(t: Trainer) -> None:
+            hooks.masks = masks_fn(t)
+
+        return trainer.fit(phase or self.finetune_phase(name), hooks, on_start=start)
+
+
+def load_dense_weights(trainer: Trainer, path: Path) -> dict[str, Any]:
+    """Load a dense checkpoint (a state dict or a snapshot dict) into ``trainer.model``.
+
+    Returns the whole loaded object so callers can take e.g. its optimizer state.
+    """
+    obj = safe_torch_load(path, map_location=trainer.device)
+    state = obj["model"] if isinstance(obj, dict) and "model" in obj else obj
+    load_state_dict_checked(trainer.model, state, str(path))
+    return obj
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available to the config under ``cls.family``."""
+    if not cls.family:
+        raise ValueError(f"{cls.__name__} has no family name")
+    METHODS[cls.family] = cls
+    return cls
+
+
+def get_method(family: str) -> type[Method]:
+    """The registered method class of ``family``; the error lists the known ones."""
+    try:
+        return METHODS[family]
+    except KeyError:
+        raise ParamError(
+            f"unknown method {family!r}; known methods: {', '.join(sorted(METHODS))}"
+        ) from None
+
+
+def build_params(family: str, values: dict[str, Any], where: str = "") -> Any:
+    """Validate ``values`` against the method's Params dataclass (names, types) and build it."""
+    cls = get_method(family).Params
+    where = where or f"methods.{family}"
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ParamError(
+            f"{where}: unknown parameter(s) {', '.join(unknown)} for method {family!r}; "
+            f"allowed: {', '.join(fields) or '(none)'}"
+        )
+    clean = {}
+    for name, value in values.items():
+        clean[name] = _coerce(value, hints[name], f"{where}.{name}")
+    try:
+        params = cls(**clean)
+    except (TypeError, ValueError) as exc:
+        raise ParamError(f"{where}: {exc}") from exc
+    check = getattr(params, "validate", None)
+    if check is not None:
+        try:
+            check()
+        except ValueError as exc:
+            raise ParamError(f"{where}: {exc}") from exc
+    return params
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is typing.Literal:
+        if value not in args:
+            raise ParamError(f"{where} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ParamError(f"{where} must be a list, got {value!r}")
+        return tuple(_coerce(v, args[0], where) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ParamError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ParamError(f"{where} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def params_to_dict(params: Any) -> dict[str, Any]:
+    """JSON-able dict of a Params instance."""
+    d = dataclasses.asdict(params)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+__all__ = [
+    "METHODS",
+    "Masks",
+    "Method",
+    "NoParams",
+    "ParamError",
+    "build_params",
+    "get_method",
+    "load_dense_weights",
+    "params_to_dict",
+    "register",
+]

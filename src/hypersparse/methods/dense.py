@@ -1,0 +1,29 @@
+"""Dense training: the 0% baseline, and the source of every method's dense checkpoints.
+
+It saves ``snapshot_e{E}.pt`` (model + optimizer) after the epochs other methods start from:
+ART's warm-up (the dense schedule keeps lr 0.1 until epoch 80, so its epoch-60 state is
+exactly ART's reference warm-up) and LTH's rewind point.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..engine import Phase, Trainer
+from .base import Method, register
+
+
+@register
+class Dense(Method):
+    """Plain SGD training on the config's ``dense`` schedule (160 epochs, steps [80, 120])."""
+
+    family = "dense"
+    exact_sparsity = False
+    needs_kappa = False
+
+    def run(self, trainer: Trainer, dense_dir: Path | None) -> dict[str, Any]:
+        d = self.spec.dense
+        snaps = {e: f"snapshot_e{e}.pt" for e in self.spec.snapshot_epochs if 0 < e <= d.epochs}
+        trainer.fit(Phase("dense", d.epochs, self.spec.optim.lr, d.milestones, d.gamma, 0, snaps))
+        return {}

@@ -1,0 +1,187 @@
+"""The workflow through a real local Slurm (profiles/slurm) gives the same tables as a local run."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+from slurm_cluster import SlurmCluster, slurm_fixture  # noqa: F401  (fixture "slurm")
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
+CONFIG = ROOT / "tests" / "data" / "slurm_config.yaml"
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "workflow" / "Snakefile")]
+TRAINING_RULES = ("dense", "sparse", "art")
+# Columns that legitimately differ between two executions of the same run.
+VOLATILE = re.compile(r"time|seconds|duration|date|host|commit|path|dir", re.IGNORECASE)
+
+
+def _load_profile() -> dict[str, Any]:
+    """profiles/slurm/config.yaml as a dict."""
+    return yaml.safe_load(PROFILE.read_text())
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside a nested YAML value."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def test_profile_is_a_complete_cluster_profile() -> None:
+    """The shipped profile selects slurm, has placeholders and one GPU per training rule."""
+    prof = _load_profile()
+    assert prof["executor"] == "slurm"
+    assert prof["jobs"] >= 1 and prof["retries"] >= 1 and prof["latency-wait"] >= 5
+    assert prof["default-resources"]["slurm_partition"] == "<partition>"
+    assert prof["default-resources"]["slurm_account"] == "<account>"
+    for rule in TRAINING_RULES:
+        res = prof["set-resources"][rule]
+        assert res["gpu"] == 1 and res["runtime"] >= 60 and res["mem_mb"] >= 4000
+        assert prof["set-threads"][rule] >= 1
+    # The plugin rejects (or mangles) values wrapped in quotes, e.g. slurm_extra: "'--qos=x'".
+    for text in _strings(prof):
+        assert not re.match(r"""^\s*['"].*['"]\s*$""", text), f"nested quotes in {text!r}"
+
+
+def test_profile_rules_exist_in_workflow() -> None:
+    """Every rule named in the profile is a rule of the workflow (catches renames)."""
+    if not (ROOT / "workflow" / "Snakefile").exists():
+        pytest.fail("workflow/Snakefile missing")
+    proc = subprocess.run(
+        [*SNAKEMAKE, "--list-rules", "--workflow-profile", "none", "--configfile", str(CONFIG)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rules = set(proc.stdout.split())
+    prof = _load_profile()
+    named = set(prof.get("set-resources", {})) | set(prof.get("set-threads", {}))
+    assert named <= rules, f"profile names unknown rules: {sorted(named - rules)}"
+
+
+def local_test_profile(cluster: SlurmCluster, dest: Path, logdir: Path) -> Path:
+    """profiles/slurm adapted to the test cluster; returns the folder to pass as profile.
+
+    Site values are replaced (partition, no account, no GPU, tiny memory/runtime/threads so two
+    jobs share the 2-core node); the status query uses squeue since there is no accounting
+    database (no sacct); failures are not retried so the test fails fast.
+    """
+    prof = _load_profile()
+    defaults = prof["default-resources"]
+    defaults.pop("slurm_account", None)  # no accounts here: the plugin submits without -A
+    defaults["slurm_partition"] = cluster.partition
+    for res in [defaults, *prof.get("set-resources", {}).values()]:
+        for key in ("gpu", "gpu_model", "slurm_extra", "constraint", "qos"):
+            res.pop(key, None)
+        res["mem_mb"] = min(int(res.get("mem_mb", 1000)), 1000)
+        res["runtime"] = min(int(res.get("runtime", 10)), 10)
+    prof["set-threads"] = {rule: 1 for rule in prof.get("set-threads", {})}
+    prof.update(
+        {
+            "retries": 0,
+            "keep-going": False,
+            "latency-wait": 5,
+            "slurm-status-command": "squeue",
+            "slurm-init-seconds-before-status-checks": 8,
+            "slurm-logdir": str(logdir),
+            "slurm-keep-successful-logs": True,
+        }
+    )
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "config.yaml").write_text(yaml.safe_dump(prof, sort_keys=False))
+    return dest
+
+
+def _targets(results: Path) -> list[str]:
+    """The table files of the tiny grid (figures are local rules and not compared)."""
+    cfg = yaml.safe_load(CONFIG.read_text())
+    tables = results / "tables"
+    out = [str(tables / "runs.csv")]
+    out += [str(tables / f"{d}_{m}.csv") for d in cfg["datasets"] for m in cfg["models"]]
+    return out
+
+
+def _run_workflow(args: list[str], env: dict[str, str], timeout: float) -> None:
+    """Run snakemake in the repo root; fail with the tail of its log on error."""
+    proc = subprocess.run(
+        [*SNAKEMAKE, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, f"snakemake {' '.join(args)} failed:\n{proc.stderr[-6000:]}"
+
+
+def _metrics(results: Path) -> dict[str, dict[str, Any]]:
+    """Run folder (relative) -> metrics.json of every run under results/runs."""
+    runs = results / "runs"
+    return {
+        str(p.parent.relative_to(runs)): json.loads(p.read_text())
+        for p in sorted(runs.rglob("metrics.json"))
+    }
+
+
+def _stable(table: pd.DataFrame) -> pd.DataFrame:
+    """A table without the columns that differ between executions (times, hosts, paths)."""
+    return table.drop(columns=[c for c in table.columns if VOLATILE.search(str(c))])
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_workflow_on_slurm_matches_local_run(slurm: SlurmCluster, tmp_path: Path) -> None:
+    """Tiny grid via sbatch (profiles/slurm) == the same grid run locally with --cores 2."""
+    on_slurm, local, data = tmp_path / "slurm", tmp_path / "local", tmp_path / "data"
+    profile = local_test_profile(slurm, tmp_path / "profile", tmp_path / "slurm_logs")
+    # Jobs inherit this environment (sbatch --export=ALL): the venv's python and CLI first.
+    env = slurm.env()
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+
+    def config(out: Path) -> list[str]:
+        return [
+            "--configfile", str(CONFIG), "--config", f"results_dir={out / 'results'}",
+            f"figures_dir={out / 'figures'}", f"data_root={data}",
+        ]
+
+    start = time.monotonic()
+    _run_workflow(
+        ["--workflow-profile", str(profile), *config(on_slurm), *_targets(on_slurm / "results")],
+        env, timeout=300,
+    )
+    slurm_s = time.monotonic() - start
+    print(f"slurm run: {slurm_s:.1f} s")
+
+    # Training really went through Slurm: each training job left a Slurm log.
+    logs = sorted((tmp_path / "slurm_logs").rglob("*.log"))
+    assert {p.relative_to(tmp_path / "slurm_logs").parts[0] for p in logs} >= {
+        "rule_dense", "rule_sparse"
+    }, logs
+    done = slurm.run("squeue", "-h", "--states=all", "-o", "%T").stdout.split()
+    assert done and set(done) == {"COMPLETED"}, done
+
+    _run_workflow(
+        ["--workflow-profile", "none", "--cores", "2", *config(local),
+         *_targets(local / "results")],
+        env, timeout=300,
+    )
+
+    slurm_runs, local_runs = _metrics(on_slurm / "results"), _metrics(local / "results")
+    assert slurm_runs.keys() == local_runs.keys() and len(slurm_runs) >= 2
+    for run, m in slurm_runs.items():
+        for key in ("final_test_acc", "best_test_acc", "sparsity"):
+            assert m.get(key) == local_runs[run].get(key), (run, key)
+    for s_table, l_table in zip(
+        _targets(on_slurm / "results"), _targets(local / "results"), strict=True
+    ):
+        pd.testing.assert_frame_equal(
+            _stable(pd.read_csv(s_table)), _stable(pd.read_csv(l_table)), obj=Path(s_table).name
+        )

@@ -1,0 +1,90 @@
+# Config loading and validation, grid enumeration, paths and spec helpers.
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from hypersparse import config as hsconfig
+from hypersparse.data import prepared_dir
+from hypersparse.spec import kappa_tag
+
+# The CLI lives next to the Python running Snakemake (also inside SLURM jobs).
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+
+# config/config.yaml is the default; --configfile replaces it whole (no merging of method
+# lists), --config overrides top-level keys of whichever file is used.
+if not workflow.overwrite_configfiles:
+    with open(Path(workflow.basedir).parent / "config" / "config.yaml") as _fh:
+        _base = yaml.safe_load(_fh)
+    _base.update(config)
+    config.clear()
+    config.update(_base)
+
+try:
+    CFG = hsconfig.validate_config(config)
+except hsconfig.ConfigError as _exc:
+    raise WorkflowError(str(_exc)) from None
+
+RES = CFG["results_dir"]
+RUNS = f"{RES}/runs"
+FIGS = CFG["figures_dir"]
+DATA = CFG["data_root"]
+SPARSE = hsconfig.sparse_methods(CFG)
+KAPPA_FREE = hsconfig.kappa_free_methods(CFG)
+ART = [m for m in CFG["methods"] if hsconfig.method_entry(m, CFG["methods"][m])[0] == "art"]
+NON_ART = [m for m in SPARSE + KAPPA_FREE if m not in ART]
+SNAPSHOTS = hsconfig.snapshot_epochs(CFG)
+KTAGS = [kappa_tag(k) for k in CFG["kappas"]]
+RUN = RUNS + "/{dataset}/{model}/{method}/k{kappa}/seed{seed}"
+RUN_FILES = ("metrics.json", "model.pt", "history.csv", "spec.json")
+
+
+wildcard_constraints:
+    dataset="|".join(hsconfig.DATASETS),
+    model=r"resnet[0-9]+|vgg[0-9]+",
+    kappa=r"[0-9.]+",
+    seed=r"[0-9]+",
+
+
+def data_files(dataset):
+    """The prepared cache of a data set (train/test arrays and meta.json)."""
+    folder = prepared_dir(dataset, DATA, CFG["image_size"] if dataset == "digits" else None)
+    return [f"{folder}/{name}" for name in ("train.npz", "test.npz", "meta.json")]
+
+
+def run_dir(dataset, model, method, kappa, seed):
+    return f"{RUNS}/{dataset}/{model}/{method}/k{kappa}/seed{seed}"
+
+
+def spec_json(wc, method=None):
+    """The resolved run spec of a job, as JSON (Snakemake reruns a job when it changes)."""
+    method = method or wc.method
+    return json.dumps(
+        hsconfig.run_spec(CFG, wc.dataset, wc.model, method, float(wc.kappa), int(wc.seed)),
+        sort_keys=True,
+    )
+
+
+def grid_runs(dataset, model, methods=None):
+    """metrics.json of every run of one (data set, model) in the grid."""
+    out = [f"{run_dir(dataset, model, 'dense', '0', s)}/metrics.json" for s in CFG["seeds"]]
+    for m in methods if methods is not None else SPARSE + KAPPA_FREE:
+        ktags = KTAGS if m in SPARSE else ["k0"]
+        for k in ktags:
+            for s in CFG["seeds"]:
+                out.append(f"{run_dir(dataset, model, m, k[1:], s)}/metrics.json")
+    return out
+
+
+def all_runs():
+    return [f for d in CFG["datasets"] for m in CFG["models"] for f in grid_runs(d, m)]
+
+
+def train_resources():
+    return dict(
+        mem_mb=CFG["resources"]["train_mem_mb"],
+        runtime=CFG["resources"]["train_runtime_min"],
+        gpu=CFG["gpu_per_job"],
+    )

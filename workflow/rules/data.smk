@@ -1,0 +1,20 @@
+# Data preparation: download (the only network access), verify checksums, cache once.
+
+
+rule prepare_data:
+    output:
+        # Both image sizes of digits share this rule through the folder name.
+        f"{DATA}/{{dataset}}/{{variant}}/train.npz",
+        f"{DATA}/{{dataset}}/{{variant}}/test.npz",
+        f"{DATA}/{{dataset}}/{{variant}}/meta.json",
+    log:
+        f"{RES}/logs/prepare/{{dataset}}_{{variant}}.log",
+    wildcard_constraints:
+        variant=r"prepared(_s[0-9]+_seed[0-9]+)?",
+    localrule: True
+    params:
+        size=lambda wc: f"--image-size {CFG['image_size']}" if wc.dataset == "digits" else "",
+        download="" if CFG["download"] else "--no-download",
+    shell:
+        "hypersparse prepare --dataset {wildcards.dataset} --root {DATA:q} {params.size} "
+        "{params.download} > {log} 2>&1"

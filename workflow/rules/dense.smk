@@ -1,0 +1,24 @@
+# Dense training: the 0% column, and the checkpoints every other method starts from.
+
+
+rule dense:
+    input:
+        lambda wc: data_files(wc.dataset),
+    output:
+        **{f.split(".")[0]: f"{RUNS}/{{dataset}}/{{model}}/dense/k0/seed{{seed}}/{f}" for f in RUN_FILES},
+        snapshots=[f"{RUNS}/{{dataset}}/{{model}}/dense/k0/seed{{seed}}/snapshot_e{e}.pt" for e in SNAPSHOTS],
+    log:
+        f"{RES}/logs/{{dataset}}/{{model}}/dense/k0/seed{{seed}}.log",
+    benchmark:
+        f"{RES}/benchmarks/{{dataset}}/{{model}}/dense/k0/seed{{seed}}.tsv"
+    threads: CFG["threads"]
+    resources:
+        **train_resources(),
+    params:
+        spec=lambda wc: json.dumps(
+            hsconfig.run_spec(CFG, wc.dataset, wc.model, "dense", 0.0, int(wc.seed)), sort_keys=True
+        ),
+        out=lambda wc: run_dir(wc.dataset, wc.model, "dense", "0", wc.seed),
+    shell:
+        "hypersparse train --spec-json {params.spec:q} --out {params.out:q} --threads {threads} "
+        "--record-failure > {log} 2>&1"

@@ -1,0 +1,63 @@
+# Every sparsification method through one rule family: `sparse` for all methods, `art` for
+# the ART variants (they also write the trace files the analysis figures read).
+
+
+def dense_inputs(wc):
+    dense = run_dir(wc.dataset, wc.model, "dense", "0", wc.seed)
+    return [f"{dense}/{name}" for name in hsconfig.dense_inputs(CFG, wc.method)]
+
+
+def dense_flag(wc):
+    if not hsconfig.dense_inputs(CFG, wc.method):
+        return ""
+    return "--dense-dir " + run_dir(wc.dataset, wc.model, "dense", "0", wc.seed)
+
+
+rule sparse:
+    input:
+        data=lambda wc: data_files(wc.dataset),
+        dense=dense_inputs,
+    output:
+        **{f.split(".")[0]: f"{RUN}/{f}" for f in RUN_FILES},
+    log:
+        f"{RES}/logs/{{dataset}}/{{model}}/{{method}}/k{{kappa}}/seed{{seed}}.log",
+    benchmark:
+        f"{RES}/benchmarks/{{dataset}}/{{model}}/{{method}}/k{{kappa}}/seed{{seed}}.tsv"
+    wildcard_constraints:
+        method="|".join(NON_ART) or "__none__",
+    threads: CFG["threads"]
+    resources:
+        **train_resources(),
+    params:
+        spec=spec_json,
+        out=lambda wc: run_dir(wc.dataset, wc.model, wc.method, wc.kappa, wc.seed),
+        dense=dense_flag,
+    shell:
+        "hypersparse sparsify --spec-json {params.spec:q} --out {params.out:q} {params.dense} "
+        "--threads {threads} --record-failure > {log} 2>&1"
+
+
+rule art:
+    input:
+        data=lambda wc: data_files(wc.dataset),
+        dense=dense_inputs,
+    output:
+        **{f.split(".")[0]: f"{RUN}/{f}" for f in RUN_FILES},
+        trace=f"{RUN}/art_trace.csv",
+        trace_npz=f"{RUN}/art_trace.npz",
+    log:
+        f"{RES}/logs/{{dataset}}/{{model}}/{{method}}/k{{kappa}}/seed{{seed}}.log",
+    benchmark:
+        f"{RES}/benchmarks/{{dataset}}/{{model}}/{{method}}/k{{kappa}}/seed{{seed}}.tsv"
+    wildcard_constraints:
+        method="|".join(ART) or "__none__",
+    threads: CFG["threads"]
+    resources:
+        **train_resources(),
+    params:
+        spec=spec_json,
+        out=lambda wc: run_dir(wc.dataset, wc.model, wc.method, wc.kappa, wc.seed),
+        dense=dense_flag,
+    shell:
+        "hypersparse sparsify --spec-json {params.spec:q} --out {params.out:q} {params.dense} "
+        "--threads {threads} --record-failure > {log} 2>&1"
