@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# Rules call the `hypersparse` CLI: put the venv first on PATH (also for SLURM jobs).
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 STAMP  := $(VENV)/.installed
 CORES  ?= all
 

@@ -115,7 +115,7 @@ def _targets(results: Path) -> list[str]:
 
 
 def _run_workflow(args: list[str], env: dict[str, str], timeout: float) -> None:
-    """Run snakemake in the repo root; fail with the tail of its log on error."""
+    """Run snakemake in the repo root (targets first: --config takes all later words)."""
     proc = subprocess.run(
         [*SNAKEMAKE, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -154,7 +154,7 @@ def test_workflow_on_slurm_matches_local_run(slurm: SlurmCluster, tmp_path: Path
 
     start = time.monotonic()
     _run_workflow(
-        ["--workflow-profile", str(profile), *config(on_slurm), *_targets(on_slurm / "results")],
+        [*_targets(on_slurm / "results"), "--workflow-profile", str(profile), *config(on_slurm)],
         env, timeout=300,
     )
     slurm_s = time.monotonic() - start
@@ -169,8 +169,8 @@ def test_workflow_on_slurm_matches_local_run(slurm: SlurmCluster, tmp_path: Path
     assert done and set(done) == {"COMPLETED"}, done
 
     _run_workflow(
-        ["--workflow-profile", "none", "--cores", "2", *config(local),
-         *_targets(local / "results")],
+        [*_targets(local / "results"), "--workflow-profile", "none", "--cores", "2",
+         *config(local)],
         env, timeout=300,
     )
 

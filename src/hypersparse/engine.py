@@ -137,7 +137,7 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "ckpt"
         self.device = resolve_device(spec.device)
         self.progress = sys.stderr.isatty() if progress is None else progress
-        self.info = dataset_info(spec.dataset, image_size=spec.image_size)
+        self.info = dataset_info(spec.dataset, image_size=spec.image_size, root=spec.data_root)
         self.train_data = load_split(
             spec.dataset, spec.data_root, "train", image_size=spec.image_size
         )

@@ -59,7 +59,7 @@ def check_dense_source(spec: RunSpec, dense: DenseFiles | None) -> None:
             f"method {spec.family} starts from a dense run ({', '.join(needed)}): "
             "pass --dense-dir (or --init for model.pt)"
         )
-    info = dataset_info(spec.dataset, image_size=spec.image_size)
+    info = dataset_info(spec.dataset, image_size=spec.image_size, root=spec.data_root)
     model = build_model(spec.model, info.num_classes, in_channels=info.in_channels, width=spec.width)
     for name in needed:
         path = dense / name

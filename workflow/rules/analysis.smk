@@ -1,29 +1,5 @@
 # Analysis: tables and figures built only from run folders (rebuildable without training).
 
-FIGURES_PER_GRID = ["acc_vs_sparsity", "layer_density", "kernel_patterns"]
-FIGURES_ART = ["hs_gradient", "exploration", "art_termination", "magnitudes"]
-TABLE_EXTS = ("csv", "md", "tex")
-
-
-def table_files(dataset, model):
-    return [f"{RES}/tables/{dataset}_{model}.{ext}" for ext in TABLE_EXTS]
-
-
-def figure_files(name, dataset, model):
-    return [f"{FIGS}/{name}_{dataset}_{model}.{ext}" for ext in ("png", "pdf")]
-
-
-def all_targets():
-    out = list(all_runs())
-    out += [f"{RES}/tables/runs.csv", f"{RES}/tables/replication.md"]
-    for d in CFG["datasets"]:
-        for m in CFG["models"]:
-            out += table_files(d, m)
-            for name in FIGURES_PER_GRID + (FIGURES_ART if ART else []):
-                out += figure_files(name, d, m)
-    return out
-
-
 rule table:
     input:
         lambda wc: grid_runs(wc.dataset, wc.model),
@@ -34,8 +10,13 @@ rule table:
     log:
         f"{RES}/logs/tables/{{dataset}}_{{model}}.log",
     localrule: True
+    conda:
+        "../../environment.yml"
+    params:
+        runs=lambda wc, input: runs_root(input[0]),
+        out=lambda wc, output: os.path.dirname(output[0]),
     shell:
-        "hypersparse aggregate --runs {RUNS:q} --out {RES}/tables --dataset {wildcards.dataset} "
+        "hypersparse aggregate --runs {params.runs:q} --out {params.out:q} --dataset {wildcards.dataset} "
         "--model {wildcards.model} > {log} 2>&1"
 
 
@@ -48,10 +29,14 @@ rule aggregate:
     log:
         f"{RES}/logs/tables/aggregate.log",
     localrule: True
+    conda:
+        "../../environment.yml"
     params:
+        runs=lambda wc, input: runs_root(input[0]),
+        out=lambda wc, output: os.path.dirname(output[0]),
         targets=str(Path(workflow.basedir).parent / "config" / "paper_targets.csv"),
     shell:
-        "hypersparse aggregate --runs {RUNS:q} --out {RES}/tables --paper-targets {params.targets:q} "
+        "hypersparse aggregate --runs {params.runs:q} --out {params.out:q} --paper-targets {params.targets:q} "
         "--summary-only > {log} 2>&1"
 
 
@@ -66,8 +51,12 @@ rule figure:
     wildcard_constraints:
         figure="|".join(FIGURES_PER_GRID + FIGURES_ART),
     localrule: True
+    conda:
+        "../../environment.yml"
     params:
+        runs=lambda wc, input: runs_root(input[0]),
+        out=lambda wc, output: output.png[: -len(".png")],
         kappa=lambda wc: f"--kappa {CFG['figures']['kappa']}" if CFG["figures"]["kappa"] is not None else "",
     shell:
-        "hypersparse plot {wildcards.figure} --runs {RUNS:q} --out {FIGS}/{wildcards.figure}_{wildcards.dataset}_{wildcards.model} "
+        "hypersparse plot {wildcards.figure} --runs {params.runs:q} --out {params.out:q} "
         "--dataset {wildcards.dataset} --model {wildcards.model} {params.kappa} > {log} 2>&1"

@@ -1,7 +1,6 @@
 # Config loading and validation, grid enumeration, paths and spec helpers.
 import json
 import os
-import sys
 from pathlib import Path
 
 import yaml
@@ -9,9 +8,6 @@ import yaml
 from hypersparse import config as hsconfig
 from hypersparse.data import prepared_dir
 from hypersparse.spec import kappa_tag
-
-# The CLI lives next to the Python running Snakemake (also inside SLURM jobs).
-os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 # config/config.yaml is the default; --configfile replaces it whole (no merging of method
 # lists), --config overrides top-level keys of whichever file is used.
@@ -37,7 +33,7 @@ ART = [m for m in CFG["methods"] if hsconfig.method_entry(m, CFG["methods"][m])[
 NON_ART = [m for m in SPARSE + KAPPA_FREE if m not in ART]
 SNAPSHOTS = hsconfig.snapshot_epochs(CFG)
 KTAGS = [kappa_tag(k) for k in CFG["kappas"]]
-RUN = RUNS + "/{dataset}/{model}/{method}/k{kappa}/seed{seed}"
+RUN = f"{RUNS}/{{dataset}}/{{model}}/{{method}}/k{{kappa}}/seed{{seed}}"
 RUN_FILES = ("metrics.json", "model.pt", "history.csv", "spec.json")
 
 
@@ -88,3 +84,41 @@ def train_resources():
         runtime=CFG["resources"]["train_runtime_min"],
         gpu=CFG["gpu_per_job"],
     )
+
+
+def dense_inputs(wc):
+    dense = run_dir(wc.dataset, wc.model, "dense", "0", wc.seed)
+    return [f"{dense}/{name}" for name in hsconfig.dense_inputs(CFG, wc.method)]
+
+
+def dense_flag(wc, input):
+    return f"--dense-dir {os.path.dirname(input.dense[0])}" if input.dense else ""
+
+
+FIGURES_PER_GRID = ["acc_vs_sparsity", "layer_density", "kernel_patterns"]
+FIGURES_ART = ["hs_gradient", "exploration", "art_termination", "magnitudes"]
+TABLE_EXTS = ("csv", "md", "tex")
+
+
+def table_files(dataset, model):
+    return [f"{RES}/tables/{dataset}_{model}.{ext}" for ext in TABLE_EXTS]
+
+
+def figure_files(name, dataset, model):
+    return [f"{FIGS}/{name}_{dataset}_{model}.{ext}" for ext in ("png", "pdf")]
+
+
+def runs_root(metrics_path):
+    """results/runs from results/runs/{dataset}/{model}/{method}/k{kappa}/seed{seed}/metrics.json."""
+    return str(Path(metrics_path).parents[5])
+
+
+def all_targets():
+    out = list(all_runs())
+    out += [f"{RES}/tables/runs.csv", f"{RES}/tables/replication.md"]
+    for d in CFG["datasets"]:
+        for m in CFG["models"]:
+            out += table_files(d, m)
+            for name in FIGURES_PER_GRID + (FIGURES_ART if ART else []):
+                out += figure_files(name, d, m)
+    return out

@@ -12,9 +12,12 @@ rule prepare_data:
     wildcard_constraints:
         variant=r"prepared(_s[0-9]+_seed[0-9]+)?",
     localrule: True
+    conda:
+        "../../environment.yml"
     params:
+        root=lambda wc, output: str(Path(output[0]).parents[2]),
         size=lambda wc: f"--image-size {CFG['image_size']}" if wc.dataset == "digits" else "",
         download="" if CFG["download"] else "--no-download",
     shell:
-        "hypersparse prepare --dataset {wildcards.dataset} --root {DATA:q} {params.size} "
+        "hypersparse prepare --dataset {wildcards.dataset} --root {params.root:q} {params.size} "
         "{params.download} > {log} 2>&1"

@@ -14,11 +14,13 @@ rule dense:
     threads: CFG["threads"]
     resources:
         **train_resources(),
+    conda:
+        "../../environment.yml"
     params:
         spec=lambda wc: json.dumps(
             hsconfig.run_spec(CFG, wc.dataset, wc.model, "dense", 0.0, int(wc.seed)), sort_keys=True
         ),
-        out=lambda wc: run_dir(wc.dataset, wc.model, "dense", "0", wc.seed),
+        out=lambda wc, output: os.path.dirname(output.metrics),
     shell:
         "hypersparse train --spec-json {params.spec:q} --out {params.out:q} --threads {threads} "
         "--record-failure > {log} 2>&1"

@@ -2,17 +2,6 @@
 # the ART variants (they also write the trace files the analysis figures read).
 
 
-def dense_inputs(wc):
-    dense = run_dir(wc.dataset, wc.model, "dense", "0", wc.seed)
-    return [f"{dense}/{name}" for name in hsconfig.dense_inputs(CFG, wc.method)]
-
-
-def dense_flag(wc):
-    if not hsconfig.dense_inputs(CFG, wc.method):
-        return ""
-    return "--dense-dir " + run_dir(wc.dataset, wc.model, "dense", "0", wc.seed)
-
-
 rule sparse:
     input:
         data=lambda wc: data_files(wc.dataset),
@@ -28,9 +17,11 @@ rule sparse:
     threads: CFG["threads"]
     resources:
         **train_resources(),
+    conda:
+        "../../environment.yml"
     params:
         spec=spec_json,
-        out=lambda wc: run_dir(wc.dataset, wc.model, wc.method, wc.kappa, wc.seed),
+        out=lambda wc, output: os.path.dirname(output.metrics),
         dense=dense_flag,
     shell:
         "hypersparse sparsify --spec-json {params.spec:q} --out {params.out:q} {params.dense} "
@@ -54,9 +45,11 @@ rule art:
     threads: CFG["threads"]
     resources:
         **train_resources(),
+    conda:
+        "../../environment.yml"
     params:
         spec=spec_json,
-        out=lambda wc: run_dir(wc.dataset, wc.model, wc.method, wc.kappa, wc.seed),
+        out=lambda wc, output: os.path.dirname(output.metrics),
         dense=dense_flag,
     shell:
         "hypersparse sparsify --spec-json {params.spec:q} --out {params.out:q} {params.dense} "

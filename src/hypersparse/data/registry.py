@@ -8,6 +8,8 @@ is `prepared_s<size>_seed<seed>` so different variants never overwrite each othe
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +41,18 @@ def _check_size(name: str, image_size: int | None) -> None:
         )
 
 
-def dataset_info(name: str, image_size: int | None = None, seed: int = 0) -> DatasetInfo:
-    """Static facts about `name`; for digits, `image_size` (default 16) and split `seed` matter."""
+def dataset_info(name: str, image_size: int | None = None, seed: int = 0,
+                 root: str | Path | None = None) -> DatasetInfo:
+    """Static facts about `name`; for digits, `image_size` (default 16) and split `seed` matter.
+
+    With `root`, digits' mean/std come from the prepared cache's meta.json when it exists
+    (saves recomputing the split, and importing scikit-learn, in every training process).
+    """
     _check_name(name)
     _check_size(name, image_size)
     if name == "digits":
         size = digits.resolve_size(image_size)
-        mean, std = digits.mean_std(size, seed)
+        mean, std = _cached_mean_std(name, root, image_size, seed) or digits.mean_std(size, seed)
         return DatasetInfo("digits", digits.NUM_CLASSES, 1, size, mean, std,
                            pad=digits.pad_for(size), hflip=False)
     if name in cifar.MEAN_STD:
@@ -53,6 +60,20 @@ def dataset_info(name: str, image_size: int | None = None, seed: int = 0) -> Dat
         return DatasetInfo(name, cifar.NUM_CLASSES[name], 3, 32, mean, std, pad=4, hflip=True)
     return DatasetInfo("tinyimagenet", tinyimagenet.NUM_CLASSES, 3, tinyimagenet.IMAGE_SIZE,
                        tinyimagenet.MEAN, tinyimagenet.STD, pad=4, hflip=True)
+
+
+def _cached_mean_std(name: str, root: str | Path | None, image_size: int | None,
+                     seed: int) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    if root is None:
+        return None
+    meta_path = prepared_dir(name, root, image_size, seed) / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("params") != _params(name, image_size, seed):
+            return None
+        return tuple(meta["mean"]), tuple(meta["std"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _params(name: str, image_size: int | None, seed: int) -> dict[str, Any]:

@@ -1,0 +1,363 @@
+"""ART: Adaptive Regularized Training with the HyperSparse (or L1 / L2) regulariser [art].
+
+Glandorf, Kaiser, Rosenhahn, "HyperSparse Neural Networks: Shifting Exploration to Exploitation
+through Adaptive Regularization", ICCV 2023 workshops (arXiv 2308.07163); behaviour as in the
+authors' code (GreenAutoML4FAS/HyperSparse: train.py, utils/art.py, utils/misc.py), see
+PAPER_NOTES.md section 1.
+
+Phases of one run folder:
+1. ``art``: start from the dense run's ``snapshot_e{warmup_epochs}.pt`` (model and optimizer
+   state, lr stays ``optim.lr``), global epochs ``warmup_epochs, warmup_epochs + 1, ...``; loss
+   = CE + alpha_e * R(w) with alpha_e = lambda_init * eta^(e - warmup_epochs). After each epoch a
+   copy is magnitude-pruned to exactly floor(kappa*N) zeros and its training accuracy (eval
+   mode) feeds :class:`ArtSelector`, which picks the candidate and decides when to stop.
+2. ``finetune``: the candidate's pruned weights with its mask fixed, fresh optimizer, the
+   ``finetune`` schedule (160 epochs, [80, 120], 0.1).
+
+The candidate crosses the phase boundary as ``art_candidate.pt`` (written atomically when ART
+ends, removed when the run is finished); everything ART needs to resume mid-phase is in the
+hooks' state dict.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .. import masks as M
+from ..engine import Hooks, Phase, Trainer
+from ..io import atomic_torch_save, load_state_dict_checked, safe_torch_load
+from . import art_trace as T
+from .base import Method, load_dense_weights, register
+
+CANDIDATE_FILE = "art_candidate.pt"
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtParams:
+    """ART hyper-parameters; defaults are the authors' code defaults.
+
+    - regularizer: "hs" (HyperSparse), "l1" (sum |w|) or "l2" (sum w^2), on all prunable weights.
+    - lambda_init, eta: alpha_e = lambda_init * eta^(e - warmup_epochs), e the 0-based global
+      epoch, constant within an epoch. The code's argument parser says 5e-6 (its README 5e-4).
+    - warmup_epochs: dense epochs before ART; ART starts from the dense run's snapshot there.
+    - window_half: b, the accuracy window holds the last 2b+1 pruned-copy accuracies.
+    - eval_augmented: measure the pruned copy on augmented training data (the code iterates its
+      training loader, so True); False uses the un-augmented training set.
+    - max_art_epochs: guard; if reached without termination, the best candidate so far is
+      fine-tuned and metrics say ``art.converged = false`` (the code loops forever).
+    - select_against: when the window mean counts as "better". Code (utils/art.py): the window
+      mean is compared with the current candidate's *own* pruned accuracy ("candidate_acc").
+      Paper-text reading: with the best window mean so far ("best_mean").
+    - stop_on: termination compares the dense running training accuracy of the epoch with the
+      candidate's window mean recorded at selection ("window_mean", utils/art.py) or with the
+      candidate's own accuracy ("candidate_acc", the earlier train.py).
+
+    The window's "middle" entry is at index min(len - 1, b) as in the code (so with fewer than
+    b+1 entries the newest); comparisons are strict (>), the best starts at 0. One deliberate
+    difference: the code keeps |w| > the floor(kappa*N)-th smallest |w| (floor(kappa*N)+1
+    zeros, more on ties); here the pruned copy has exactly floor(kappa*N) zeros (project contract).
+    """
+
+    regularizer: Literal["hs", "l1", "l2"] = "hs"
+    lambda_init: float = 5e-6
+    eta: float = 1.05
+    warmup_epochs: int = 60
+    window_half: int = 1
+    eval_augmented: bool = True
+    max_art_epochs: int = 200
+    select_against: Literal["candidate_acc", "best_mean"] = "candidate_acc"
+    stop_on: Literal["window_mean", "candidate_acc"] = "window_mean"
+
+    def validate(self) -> None:
+        """Reject values outside the ranges the schedule makes sense for."""
+        if self.regularizer not in ("hs", "l1", "l2"):
+            raise ValueError(f"regularizer must be hs, l1 or l2, got {self.regularizer!r}")
+        if not (math.isfinite(self.lambda_init) and self.lambda_init >= 0):
+            raise ValueError(f"lambda_init must be finite and >= 0, got {self.lambda_init}")
+        if not (math.isfinite(self.eta) and self.eta >= 1):
+            raise ValueError(f"eta must be >= 1 (alpha grows), got {self.eta}")
+        if self.warmup_epochs < 1:
+            raise ValueError(f"warmup_epochs must be >= 1, got {self.warmup_epochs}")
+        if self.window_half < 0:
+            raise ValueError(f"window_half must be >= 0, got {self.window_half}")
+        if self.max_art_epochs < 1:
+            raise ValueError(f"max_art_epochs must be >= 1, got {self.max_art_epochs}")
+
+
+def alpha_at(p: ArtParams, epoch: int) -> float:
+    """Regularisation strength of global epoch ``epoch`` (0-based): lambda_init * eta^(e - W)."""
+    return p.lambda_init * p.eta ** float(epoch - p.warmup_epochs)
+
+
+class ArtSelector:
+    """ART's candidate selection and termination on a window of pruned-copy accuracies.
+
+    push(epoch, acc) adds one epoch; when the window mean beats the reference (see
+    ArtParams.select_against) the window's middle entry becomes the candidate. should_stop
+    compares the candidate with the dense model's training accuracy.
+    """
+
+    def __init__(
+        self,
+        window_half: int = 1,
+        select_against: str = "candidate_acc",
+        stop_on: str = "window_mean",
+    ) -> None:
+        self.b = int(window_half)
+        self.size = 2 * self.b + 1
+        self.select_against = select_against
+        self.stop_on = stop_on
+        self.window: list[tuple[int, float]] = []
+        self.candidate: dict[str, Any] | None = None  # {"epoch", "acc", "window_mean"}
+
+    @property
+    def window_mean(self) -> float:
+        """Mean accuracy over the window (NaN while empty)."""
+        if not self.window:
+            return math.nan
+        return sum(a for _, a in self.window) / len(self.window)
+
+    def push(self, epoch: int, acc: float) -> dict[str, Any] | None:
+        """Add one epoch's pruned accuracy; returns the (possibly new) candidate."""
+        self.window.append((int(epoch), float(acc)))
+        if len(self.window) > self.size:
+            self.window.pop(0)
+        mean = self.window_mean
+        if self.candidate is None:
+            ref = 0.0
+        elif self.select_against == "candidate_acc":
+            ref = self.candidate["acc"]
+        else:
+            ref = self.candidate["window_mean"]
+        if mean > ref:
+            e, a = self.window[min(len(self.window) - 1, self.b)]
+            self.candidate = {"epoch": e, "acc": a, "window_mean": mean}
+        return self.candidate
+
+    def should_stop(self, dense_acc: float) -> bool:
+        """True when the candidate beats the dense model's training accuracy of this epoch."""
+        if self.candidate is None:
+            return False
+        key = "window_mean" if self.stop_on == "window_mean" else "acc"
+        return bool(self.candidate[key] > dense_acc)
+
+    def needed_epochs(self) -> set[int]:
+        """Epochs whose pruned copy may still be (or is) the candidate.
+
+        Entries left of the middle index never become the middle again, so only the window
+        from index b on and the candidate need their pruned weights kept.
+        """
+        keep = {e for e, _ in self.window[self.b :]}
+        if self.candidate is not None:
+            keep.add(int(self.candidate["epoch"]))
+        return keep
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpointable state."""
+        return {
+            "window": [[e, a] for e, a in self.window],
+            "candidate": dict(self.candidate) if self.candidate else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.window = [(int(e), float(a)) for e, a in state["window"]]
+        self.candidate = dict(state["candidate"]) if state["candidate"] else None
+
+
+def _regularizer(name: str) -> Any:
+    from ..regularizers import REGULARIZERS
+
+    return REGULARIZERS[name]
+
+
+class ArtHooks(Hooks):
+    """The ART phase: regularised loss, per-epoch pruned evaluation, selection, trace."""
+
+    def __init__(self, p: ArtParams, kappa: float, run_dir: Path) -> None:
+        self.p = p
+        self.kappa = kappa
+        self.run_dir = Path(run_dir)
+        self.selector = ArtSelector(p.window_half, p.select_against, p.stop_on)
+        self.pruned: dict[int, dict[str, Any]] = {}  # epoch -> {"model", "masks"} (CPU)
+        self.trace = T.ArtTrace()
+        self.stopped = False
+        self.last: dict[str, Any] = {}  # the last epoch's numbers
+        self._reg = _regularizer(p.regularizer)
+        self._loader: Any = None
+
+    def on_phase_start(self, trainer: Trainer) -> None:
+        self.trace.start(trainer.model, self.kappa)
+
+    def loss_term(self, trainer: Trainer, model: nn.Module) -> torch.Tensor | None:
+        alpha = alpha_at(self.p, trainer.epoch)
+        if alpha == 0.0:
+            return None
+        return alpha * self._reg(M.prunable_weights(model), self.kappa)
+
+    def _eval_loader(self, trainer: Trainer) -> Any:
+        if self._loader is None:
+            self._loader = trainer.train_eval_loader(augment=self.p.eval_augmented)
+        return self._loader
+
+    @torch.no_grad()
+    def end_epoch(self, trainer: Trainer, row: dict[str, Any]) -> bool:
+        epoch = int(row["epoch"])
+        model = trainer.model
+        masks = M.model_masks_by_magnitude(model, self.kappa)
+        pruned = copy.deepcopy(model)
+        M.apply_masks(pruned, masks)
+        _, acc = trainer.evaluate(pruned, self._eval_loader(trainer), epoch=epoch)
+        cand = self.selector.push(epoch, acc)
+        self.pruned[epoch] = {
+            "model": {k: v.detach().to("cpu", copy=True) for k, v in pruned.state_dict().items()},
+            "masks": {k: v.to("cpu", copy=True) for k, v in masks.items()},
+        }
+        del pruned
+        keep = self.selector.needed_epochs()
+        self.pruned = {e: s for e, s in self.pruned.items() if e in keep}
+        self.stopped = self.selector.should_stop(float(row["train_acc"]))
+        self.last = {"epoch": epoch, "dense_train_acc": float(row["train_acc"])}
+        self.trace.record(
+            self.run_dir,
+            {
+                "epoch": epoch,
+                "art_epoch": epoch - self.p.warmup_epochs,
+                "alpha": alpha_at(self.p, epoch),
+                "dense_train_acc": float(row["train_acc"]),
+                "pruned_train_acc": float(acc),
+                "window_mean": self.selector.window_mean,
+                "candidate_epoch": None if cand is None else int(cand["epoch"]),
+            },
+            model,
+            masks,
+            self.kappa,
+        )
+        return self.stopped
+
+    def final_candidate(self) -> dict[str, Any]:
+        """The selected candidate, or (no epoch ever beat 0 %) the newest epoch."""
+        cand = self.selector.candidate
+        if cand is None:
+            e, a = self.selector.window[-1]
+            cand = {"epoch": e, "acc": a, "window_mean": self.selector.window_mean}
+        return cand
+
+    def summary(self) -> dict[str, Any]:
+        """The ``art`` block of metrics.json."""
+        cand = self.final_candidate()
+        return {
+            "epochs_used": len(self.trace.rows),
+            "selected_epoch": int(cand["epoch"]),
+            "terminated_epoch": int(self.last["epoch"]),
+            "alpha_at_selection": alpha_at(self.p, int(cand["epoch"])),
+            "converged": bool(self.stopped),
+            "dense_train_acc_at_termination": float(self.last["dense_train_acc"]),
+            "regularizer": self.p.regularizer,
+            "window_mean_at_selection": float(cand["window_mean"]),
+            "pruned_train_acc_at_selection": float(cand["acc"]),
+        }
+
+    def on_phase_end(self, trainer: Trainer) -> dict[str, Any]:
+        summary = self.summary()
+        sel = summary["selected_epoch"]
+        state = self.pruned[sel]
+        atomic_torch_save(
+            self.run_dir / CANDIDATE_FILE,
+            {"model": state["model"], "masks": state["masks"], "epoch": sel},
+        )
+        self.trace.set_iou(self.run_dir, T.flat_mask(state["masks"], self.trace.layer_names))
+        self.write_trace(summary["selected_epoch"], summary["terminated_epoch"])
+        return {"art": summary}
+
+    def write_trace(self, selected: int | None, terminated: int | None) -> None:
+        """art_trace.csv / .npz from what is recorded so far."""
+        self.trace.write(self.run_dir, self.trace.arrays(self.kappa, selected, terminated))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "selector": self.selector.state_dict(),
+            "pruned": {str(e): s for e, s in self.pruned.items()},
+            "trace": self.trace.state_dict(),
+            "stopped": self.stopped,
+            "last": dict(self.last),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.selector.load_state_dict(state["selector"])
+        self.pruned = {int(e): s for e, s in state["pruned"].items()}
+        self.trace.load_state_dict(state["trace"])
+        self.stopped = bool(state["stopped"])
+        self.last = dict(state["last"])
+
+
+@register
+class AdaptiveRegularizedTraining(Method):
+    """Warm-up snapshot -> ART (growing regulariser, window selection) -> fixed-mask fine-tuning."""
+
+    family = "art"
+    Params = ArtParams
+
+    def __init__(self, spec: Any, params: Any) -> None:
+        super().__init__(spec, params)
+        self._hooks: ArtHooks | None = None
+
+    @classmethod
+    def dense_inputs(cls, params: Any) -> list[str]:
+        return [f"snapshot_e{params.warmup_epochs}.pt"]
+
+    @classmethod
+    def snapshot_epochs(cls, params: Any) -> list[int]:
+        return [params.warmup_epochs]
+
+    def run(self, trainer: Trainer, dense_dir: Path | None) -> dict[str, Any]:
+        assert dense_dir is not None
+        p, run_dir = self.p, trainer.run_dir
+        hooks = ArtHooks(p, self.spec.kappa, run_dir)
+        self._hooks = hooks
+        snap_path = dense_dir / f"snapshot_e{p.warmup_epochs}.pt"
+
+        def start(t: Trainer) -> dict[str, Any]:
+            obj = load_dense_weights(t, snap_path)
+            if int(obj.get("epoch", p.warmup_epochs)) != p.warmup_epochs:
+                raise ValueError(
+                    f"{snap_path} was saved after epoch {obj.get('epoch')}, "
+                    f"not after warmup_epochs={p.warmup_epochs}"
+                )
+            return obj["optimizer"]
+
+        phase = Phase("art", p.max_art_epochs, self.spec.optim.lr, start_epoch=p.warmup_epochs)
+        result = trainer.fit(phase, hooks, on_start=start)
+        art = dict(result["art"])
+
+        def candidate_masks(t: Trainer) -> M.Masks:
+            cand = safe_torch_load(run_dir / CANDIDATE_FILE, map_location=t.device)
+            load_state_dict_checked(t.model, cand["model"], str(run_dir / CANDIDATE_FILE))
+            return cand["masks"]
+
+        self.train_with_mask(trainer, candidate_masks)
+        T.update_final_magnitudes(run_dir, trainer.model)
+        (run_dir / CANDIDATE_FILE).unlink(missing_ok=True)
+        T.remove_work_dir(run_dir)
+        return {"art": art}
+
+    def write_failure_outputs(self, run_dir: Path) -> None:
+        """Trace files with the epochs recorded before the failure (possibly none)."""
+        run_dir = Path(run_dir)
+        if (run_dir / "art_trace.csv").exists() and (run_dir / "art_trace.npz").exists():
+            return
+        hooks = self._hooks
+        if hooks is None:
+            T.write_trace_files(run_dir, [], T.ArtTrace().arrays(self.spec.kappa, None, None))
+            return
+        cand = hooks.selector.candidate
+        last = hooks.last.get("epoch")
+        hooks.write_trace(None if cand is None else int(cand["epoch"]), last)
+        T.remove_work_dir(run_dir)

@@ -1,0 +1,113 @@
+"""Every figure renders (PDF + PNG) from fabricated run folders, also with partial data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from runfolders import make_grid, make_run
+
+from hypersparse.analysis import FIGURES, NothingToPlotError, plot_figure
+from hypersparse.analysis import style
+from hypersparse.analysis.figures import conv3x3_stages, kernel_stats
+
+
+@pytest.fixture(scope="module")
+def grid_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Dense + three ART regularizers + OMP + a user method, two kappas, two seeds."""
+    root = tmp_path_factory.mktemp("figs") / "runs"
+    make_grid(root, methods=("art_hs", "art_l1", "art_l2", "omp", "my_method"),
+              kappas=(0.9, 0.98), seeds=(0, 1))
+    make_run(root, method="snip", kappa=0.9, seed=0, status="failed")  # failed: left out
+    return root
+
+
+def _check_outputs(paths: list[Path], out_base: Path) -> None:
+    assert sorted(p.suffix for p in paths) == [".pdf", ".png"]
+    for p in paths:
+        assert p.is_file() and p.stat().st_size > 1000 and p.name.startswith(out_base.name)
+    assert paths[0].read_bytes()[:5] == b"%PDF-"
+    with Image.open([p for p in paths if p.suffix == ".png"][0]) as im:
+        w, h = im.size
+    assert 300 < w < 4000 and 200 < h < 6000
+
+
+@pytest.mark.parametrize("name", list(FIGURES))
+def test_every_figure_renders(name: str, grid_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / name
+    _check_outputs(plot_figure(name, grid_root, out), out)
+
+
+@pytest.mark.parametrize("name", ["exploration", "art_termination", "magnitudes", "hs_gradient"])
+def test_art_figures_with_only_hyperspare_run(name: str, tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    make_run(root, method="art_hs", kappa=0.9, seed=3, final_test_acc=90.0)
+    out = tmp_path / name
+    _check_outputs(plot_figure(name, root, out), out)  # L1 / L2 panels say "not run"
+
+
+def test_partial_data_dense_only_and_single_method(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    make_run(root, method="dense", kappa=0.0, final_test_acc=94.0)
+    _check_outputs(plot_figure("acc_vs_sparsity", root, tmp_path / "a"), tmp_path / "a")
+    make_run(root, method="omp", kappa=0.9, seed=1, final_test_acc=90.0, sparsity_miss=2)
+    for name in ("acc_vs_sparsity", "layer_density", "kernel_patterns"):
+        _check_outputs(plot_figure(name, root, tmp_path / name), tmp_path / name)
+
+
+def test_clear_errors_when_nothing_to_plot(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    make_run(root, method="omp", kappa=0.9, final_test_acc=90.0)
+    with pytest.raises(NothingToPlotError, match="art_hs.*art_trace.npz"):
+        plot_figure("hs_gradient", root, tmp_path / "x")
+    with pytest.raises(NothingToPlotError, match="art_hs or art_l1 or art_l2"):
+        plot_figure("exploration", root, tmp_path / "x")
+    with pytest.raises(NothingToPlotError, match="sparse runs"):
+        plot_figure("layer_density", root, tmp_path / "x", kappa=0.5)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(NothingToPlotError, match="no finished runs"):
+        plot_figure("acc_vs_sparsity", empty, tmp_path / "x")
+    with pytest.raises(KeyError, match="acc_vs_sparsity"):
+        plot_figure("no_such_figure", root, tmp_path / "x")
+    assert not list(tmp_path.glob("x.*"))
+
+
+def test_ambiguous_pair_needs_dataset_and_model(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    make_run(root, dataset="a", method="omp", kappa=0.9)
+    make_run(root, dataset="b", method="omp", kappa=0.9)
+    with pytest.raises(ValueError, match="pass dataset= and model="):
+        plot_figure("acc_vs_sparsity", root, tmp_path / "x")
+    _check_outputs(plot_figure("acc_vs_sparsity", root, tmp_path / "y", dataset="b",
+                               model="resnet8"), tmp_path / "y")
+
+
+def test_style_colours_fixed_and_deterministic() -> None:
+    known = [style.method_color(m) for m in style.METHOD_ORDER]
+    assert len(set(known)) == len(known)  # every known method has its own colour
+    assert style.method_color("art_hs") == "#d62728"
+    c = style.method_color("my_new_method")
+    assert c == style.method_color("my_new_method") and c.startswith("#") and len(c) == 7
+    assert style.sort_methods(["zz", "omp", "dense", "aa"]) == ["dense", "omp", "aa", "zz"]
+    assert style.kappa_percent(0.995) == "99.5%" and style.kappa_percent(0.9) == "90%"
+
+
+def test_kernel_stats_and_stages() -> None:
+    k = np.zeros((2, 1, 3, 3))
+    k[0, 0, 1, 1] = 1.0  # centre survives in one kernel of two
+    k[1, 0] = 1.0  # all nine survive in the other
+    freq, hist = kernel_stats([k])
+    assert freq[1, 1] == 1.0 and freq[0, 0] == 0.5
+    assert hist.tolist() == [0, 1, 0, 0, 0, 0, 0, 0, 0, 1]
+    w = np.ones((4, 4, 3, 3))
+    res = conv3x3_stages([("conv1.weight", w), ("layer1.0.conv1.weight", w),
+                          ("layer2.0.shortcut.0.weight", np.ones((8, 4, 1, 1))),
+                          ("layer2.0.conv1.weight", w), ("fc.weight", np.ones((10, 4)))])
+    assert list(res) == ["stem", "layer1", "layer2"] and len(res["layer2"]) == 1
+    vgg = conv3x3_stages([("features.0.weight", np.ones((8, 3, 3, 3))),
+                          ("features.3.weight", np.ones((8, 8, 3, 3))),
+                          ("features.7.weight", np.ones((16, 8, 3, 3)))])
+    assert list(vgg) == ["8 ch", "16 ch"] and len(vgg["8 ch"]) == 2
