@@ -53,8 +53,14 @@ def _seed_of(*parts: Any) -> int:
 
 
 def fabricate_state(
-    model: str, method: str, kappa: float, seed: int, *, num_classes: int = 10,
-    width: float = 0.25, sparsity_miss: int = 0,
+    model: str,
+    method: str,
+    kappa: float,
+    seed: int,
+    *,
+    num_classes: int = 10,
+    width: float = 0.25,
+    sparsity_miss: int = 0,
 ) -> dict[str, torch.Tensor]:
     """A real model state dict, magnitude-pruned to exactly floor(kappa*N) zeros.
 
@@ -119,8 +125,13 @@ def _history(phases: list[tuple[str, int]], final_test_acc: float, kappa: float)
 
 
 def _write_art_trace(
-    run_dir: Path, state: dict[str, torch.Tensor], kappa: float, warmup: int, n_art: int,
-    method: str, seed: int,
+    run_dir: Path,
+    state: dict[str, torch.Tensor],
+    kappa: float,
+    warmup: int,
+    n_art: int,
+    method: str,
+    seed: int,
 ) -> dict[str, Any]:
     """art_trace.csv + art_trace.npz for an ART run; returns the metrics 'art' block."""
     gen = np.random.default_rng(_seed_of(method, seed, kappa))
@@ -210,18 +221,38 @@ def make_run(
     d = run_dir_for(root, dataset, model, method, kappa, seed)
     d.mkdir(parents=True, exist_ok=True)
     family = "art" if method.startswith("art") else method
-    spec = {"dataset": dataset, "model": model, "method": method, "family": family,
-            "kappa": kappa, "seed": seed, "width": width}
+    spec = {
+        "dataset": dataset,
+        "model": model,
+        "method": method,
+        "family": family,
+        "kappa": kappa,
+        "seed": seed,
+        "width": width,
+    }
     (d / "spec.json").write_text(json.dumps(spec, indent=2))
-    base = {"dataset": dataset, "model": model, "method": method, "method_family": family,
-            "kappa": kappa, "seed": seed}
+    base = {
+        "dataset": dataset,
+        "model": model,
+        "method": method,
+        "method_family": family,
+        "kappa": kappa,
+        "seed": seed,
+    }
     if status != "ok":
         metrics = {"status": "failed", "error": error or "loss diverged (NaN) at epoch 2", **base}
         (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
         return d
     best = final_test_acc + 0.5 if best_test_acc is None else best_test_acc
-    state = fabricate_state(model, method, kappa, seed, num_classes=num_classes, width=width,
-                            sparsity_miss=sparsity_miss)
+    state = fabricate_state(
+        model,
+        method,
+        kappa,
+        seed,
+        num_classes=num_classes,
+        width=width,
+        sparsity_miss=sparsity_miss,
+    )
     rep = sparsity_report(state)
     tz = target_zeros(kappa, rep["num_prunable"])
     art_block = None
@@ -239,17 +270,28 @@ def make_run(
     if with_model:
         torch.save(state, d / "model.pt")
     metrics: dict[str, Any] = {
-        "status": "ok", "error": None, **base,
-        "final_test_acc": final_test_acc, "best_test_acc": best,
-        "best_epoch": len(hist) - 2, "best_test_acc_selected_on": "test",
+        "status": "ok",
+        "error": None,
+        **base,
+        "final_test_acc": final_test_acc,
+        "best_test_acc": best,
+        "best_epoch": len(hist) - 2,
+        "best_test_acc_selected_on": "test",
         "final_train_acc": min(100.0, final_test_acc + 6),
-        "sparsity": rep["sparsity"], "num_prunable": rep["num_prunable"],
-        "num_zero": rep["num_zero"], "target_zeros": tz,
+        "sparsity": rep["sparsity"],
+        "num_prunable": rep["num_prunable"],
+        "num_zero": rep["num_zero"],
+        "target_zeros": tz,
         "sparsity_ok": rep["num_zero"] == tz,
-        "layer_density": rep["layer_density"], "layer_size": rep["layer_size"],
+        "layer_density": rep["layer_density"],
+        "layer_size": rep["layer_size"],
         "disconnected_layers": rep["disconnected_layers"],
-        "epochs": len(hist), "wall_time_s": 1.0 * len(hist), "device": "cpu",
-        "spec": spec, "versions": {"torch": torch.__version__}, "git_commit": None,
+        "epochs": len(hist),
+        "wall_time_s": 1.0 * len(hist),
+        "device": "cpu",
+        "spec": spec,
+        "versions": {"torch": torch.__version__},
+        "git_commit": None,
     }
     if art_block is not None:
         metrics["art"] = art_block
@@ -259,8 +301,14 @@ def make_run(
 
 def make_unfinished(root: Path, **kw: Any) -> Path:
     """A run folder without metrics.json (still training): analysis must skip it."""
-    d = run_dir_for(root, kw.get("dataset", "digits"), kw.get("model", "resnet8"),
-                    kw.get("method", "omp"), kw.get("kappa", 0.9), kw.get("seed", 0))
+    d = run_dir_for(
+        root,
+        kw.get("dataset", "digits"),
+        kw.get("model", "resnet8"),
+        kw.get("method", "omp"),
+        kw.get("kappa", 0.9),
+        kw.get("seed", 0),
+    )
     d.mkdir(parents=True, exist_ok=True)
     (d / "spec.json").write_text("{}")
     (d / "history.csv").write_text("phase,epoch\n")
@@ -268,8 +316,15 @@ def make_unfinished(root: Path, **kw: Any) -> Path:
 
 
 # Accuracy model for the grid: methods lose accuracy as kappa grows, ART least.
-_DROP = {"art_hs": 10.0, "art_l1": 18.0, "art_l2": 22.0, "omp": 15.0, "snip": 25.0,
-         "random": 35.0, "my_method": 20.0}
+_DROP = {
+    "art_hs": 10.0,
+    "art_l1": 18.0,
+    "art_l2": 22.0,
+    "omp": 15.0,
+    "snip": 25.0,
+    "random": 35.0,
+    "my_method": 20.0,
+}
 
 
 def grid_acc(method: str, kappa: float, seed: int, dense: float = 94.0) -> float:
@@ -290,13 +345,32 @@ def make_grid(
     seeds: tuple[int, ...] = (0, 1),
 ) -> list[Path]:
     """A small complete grid: dense (k0) plus every method x kappa x seed."""
-    out = [make_run(root, dataset=dataset, model=model, method="dense", kappa=0.0, seed=s,
-                    final_test_acc=grid_acc("dense", 0, s)) for s in seeds]
+    out = [
+        make_run(
+            root,
+            dataset=dataset,
+            model=model,
+            method="dense",
+            kappa=0.0,
+            seed=s,
+            final_test_acc=grid_acc("dense", 0, s),
+        )
+        for s in seeds
+    ]
     for m in methods:
         for k in kappas:
             for s in seeds:
-                out.append(make_run(root, dataset=dataset, model=model, method=m, kappa=k,
-                                    seed=s, final_test_acc=grid_acc(m, k, s)))
+                out.append(
+                    make_run(
+                        root,
+                        dataset=dataset,
+                        model=model,
+                        method=m,
+                        kappa=k,
+                        seed=s,
+                        final_test_acc=grid_acc(m, k, s),
+                    )
+                )
     return out
 
 
@@ -313,5 +387,13 @@ if __name__ == "__main__":
     _main()
 
 
-__all__ = ["ART_METHODS", "fabricate_state", "grid_acc", "kappa_tag", "make_grid", "make_run",
-           "make_unfinished", "run_dir_for"]
+__all__ = [
+    "ART_METHODS",
+    "fabricate_state",
+    "grid_acc",
+    "kappa_tag",
+    "make_grid",
+    "make_run",
+    "make_unfinished",
+    "run_dir_for",
+]

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,23 +164,49 @@ def _pid_alive(pid: int, name: str) -> bool:
     return comm == name[:15]
 
 
-def stop_daemons(root: Path, timeout: float = 15) -> None:
-    """Stop the daemons whose pid files are in `root` (TERM, then KILL after `timeout`)."""
+def _our_pids(root: Path) -> dict[int, str]:
+    """pid -> daemon name of every daemon started for `root`: pid files, plus a /proc scan.
+
+    The scan finds daemons whose pid file is gone (e.g. the temp dir was wiped): ours carry
+    ``SLURM_CONF=<root>/slurm.conf`` in their environment (munged: `root` on its command line).
+    """
+    pids: dict[int, str] = {}
     for name in DAEMONS:
-        pidfile = root / f"{name}.pid"
         try:
-            pid = int(pidfile.read_text().split()[0])
+            pids[int((root / f"{name}.pid").read_text().split()[0])] = name
         except (OSError, ValueError, IndexError):
-            pidfile.unlink(missing_ok=True)
+            pass
+    marker = str(root / "slurm.conf").encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
             continue
-        if _pid_alive(pid, name):
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while _pid_alive(pid, name) and time.monotonic() < deadline:
-                time.sleep(0.1)
+        try:
+            comm = (proc / "comm").read_text().strip()
+            if comm not in DAEMONS:
+                continue
+            found = marker in (proc / "environ").read_bytes() or (
+                str(root).encode() in (proc / "cmdline").read_bytes()
+            )
+        except OSError:
+            continue
+        if found:
+            pids[int(proc.name)] = comm
+    return pids
+
+
+def stop_daemons(root: Path, timeout: float = 15) -> None:
+    """Stop the daemons started for `root` (TERM, then KILL after `timeout`), slurmd first."""
+    pids = _our_pids(root)
+    for name in DAEMONS:
+        for pid in [p for p, n in pids.items() if n == name]:
             if _pid_alive(pid, name):
-                os.kill(pid, signal.SIGKILL)
-        pidfile.unlink(missing_ok=True)
+                os.kill(pid, signal.SIGTERM)
+                deadline = time.monotonic() + timeout
+                while _pid_alive(pid, name) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                if _pid_alive(pid, name):
+                    os.kill(pid, signal.SIGKILL)
+        (root / f"{name}.pid").unlink(missing_ok=True)
 
 
 def _free_port() -> int:
@@ -261,8 +287,12 @@ def start(root: Path = BASE, timeout: float = 60) -> SlurmCluster:
 
     commands = {
         "munged": [
-            "munged", "--force", f"--socket={root / 'munge.socket'}", f"--key-file={key}",
-            f"--pid-file={root / 'munged.pid'}", f"--log-file={root / 'munged.log'}",
+            "munged",
+            "--force",
+            f"--socket={root / 'munge.socket'}",
+            f"--key-file={key}",
+            f"--pid-file={root / 'munged.pid'}",
+            f"--log-file={root / 'munged.log'}",
             f"--seed-file={root / 'munged.seed'}",
         ],
         # -i: ignore saved state; -c: clear job state (fresh cluster each time)
@@ -286,11 +316,11 @@ def start(root: Path = BASE, timeout: float = 60) -> SlurmCluster:
     return cluster
 
 
-def _wait_for(cond: object, timeout: float, what: str) -> None:
+def _wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll `cond()` every 0.2 s until true; TimeoutError naming `what` otherwise."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
+        if cond():
             return
         time.sleep(0.2)
     raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
@@ -298,7 +328,10 @@ def _wait_for(cond: object, timeout: float, what: str) -> None:
 
 @pytest.fixture(scope="session", name="slurm")
 def slurm_fixture() -> Iterator[SlurmCluster]:
-    """Session-wide local Slurm; skips (with the reason) only where it cannot be installed."""
+    """Session-wide local Slurm; skips, with the reason, only where none can be run here.
+
+    That is: not root, no apt-get, apt-get failed, or a real /etc/slurm/slurm.conf exists.
+    """
     try:
         cluster = start()
     except SlurmUnavailable as err:

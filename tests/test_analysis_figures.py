@@ -9,8 +9,7 @@ import pytest
 from PIL import Image
 from runfolders import make_grid, make_run
 
-from hypersparse.analysis import FIGURES, NothingToPlotError, plot_figure
-from hypersparse.analysis import style
+from hypersparse.analysis import FIGURES, NothingToPlotError, plot_figure, style
 from hypersparse.analysis.figures import conv3x3_stages, kernel_stats
 
 
@@ -18,8 +17,12 @@ from hypersparse.analysis.figures import conv3x3_stages, kernel_stats
 def grid_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Dense + three ART regularizers + OMP + a user method, two kappas, two seeds."""
     root = tmp_path_factory.mktemp("figs") / "runs"
-    make_grid(root, methods=("art_hs", "art_l1", "art_l2", "omp", "my_method"),
-              kappas=(0.9, 0.98), seeds=(0, 1))
+    make_grid(
+        root,
+        methods=("art_hs", "art_l1", "art_l2", "omp", "my_method"),
+        kappas=(0.9, 0.98),
+        seeds=(0, 1),
+    )
     make_run(root, method="snip", kappa=0.9, seed=0, status="failed")  # failed: left out
     return root
 
@@ -81,8 +84,10 @@ def test_ambiguous_pair_needs_dataset_and_model(tmp_path: Path) -> None:
     make_run(root, dataset="b", method="omp", kappa=0.9)
     with pytest.raises(ValueError, match="pass dataset= and model="):
         plot_figure("acc_vs_sparsity", root, tmp_path / "x")
-    _check_outputs(plot_figure("acc_vs_sparsity", root, tmp_path / "y", dataset="b",
-                               model="resnet8"), tmp_path / "y")
+    _check_outputs(
+        plot_figure("acc_vs_sparsity", root, tmp_path / "y", dataset="b", model="resnet8"),
+        tmp_path / "y",
+    )
 
 
 def test_style_colours_fixed_and_deterministic() -> None:
@@ -103,11 +108,21 @@ def test_kernel_stats_and_stages() -> None:
     assert freq[1, 1] == 1.0 and freq[0, 0] == 0.5
     assert hist.tolist() == [0, 1, 0, 0, 0, 0, 0, 0, 0, 1]
     w = np.ones((4, 4, 3, 3))
-    res = conv3x3_stages([("conv1.weight", w), ("layer1.0.conv1.weight", w),
-                          ("layer2.0.shortcut.0.weight", np.ones((8, 4, 1, 1))),
-                          ("layer2.0.conv1.weight", w), ("fc.weight", np.ones((10, 4)))])
+    res = conv3x3_stages(
+        [
+            ("conv1.weight", w),
+            ("layer1.0.conv1.weight", w),
+            ("layer2.0.shortcut.0.weight", np.ones((8, 4, 1, 1))),
+            ("layer2.0.conv1.weight", w),
+            ("fc.weight", np.ones((10, 4))),
+        ]
+    )
     assert list(res) == ["stem", "layer1", "layer2"] and len(res["layer2"]) == 1
-    vgg = conv3x3_stages([("features.0.weight", np.ones((8, 3, 3, 3))),
-                          ("features.3.weight", np.ones((8, 8, 3, 3))),
-                          ("features.7.weight", np.ones((16, 8, 3, 3)))])
+    vgg = conv3x3_stages(
+        [
+            ("features.0.weight", np.ones((8, 3, 3, 3))),
+            ("features.3.weight", np.ones((8, 8, 3, 3))),
+            ("features.7.weight", np.ones((16, 8, 3, 3))),
+        ]
+    )
     assert list(vgg) == ["8 ch", "16 ch"] and len(vgg["8 ch"]) == 2

@@ -21,8 +21,9 @@ def runs_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small grid whose aggregates are easy to compute by hand."""
     root = tmp_path_factory.mktemp("tables") / "runs"
     for seed, acc in enumerate((94.0, 95.0, 96.0)):  # mean 95, std(ddof=1) 1
-        make_run(root, method="dense", kappa=0.0, seed=seed, final_test_acc=acc,
-                 best_test_acc=acc + 1)
+        make_run(
+            root, method="dense", kappa=0.0, seed=seed, final_test_acc=acc, best_test_acc=acc + 1
+        )
     make_run(root, method="art_hs", kappa=0.9, seed=0, final_test_acc=90.0, best_test_acc=91.5)
     make_run(root, method="art_hs", kappa=0.9, seed=1, final_test_acc=92.0, best_test_acc=93.5)
     make_run(root, method="omp", kappa=0.9, seed=0, final_test_acc=91.5, best_test_acc=92.0)
@@ -128,16 +129,31 @@ def test_aggregated_csv_and_runs_csv(runs_root: Path, tmp_path: Path) -> None:
     targets.write_text("dataset,model,method,kappa,test_acc,metric\n")
     paths = write_tables(runs_root, tmp_path / "out", paper_targets=targets)
     names = sorted(p.name for p in paths)
-    assert names == sorted(["runs.csv", "digits_resnet8.csv", "digits_resnet8.md",
-                            "digits_resnet8.tex", "replication.csv", "replication.md"])
+    assert names == sorted(
+        [
+            "runs.csv",
+            "digits_resnet8.csv",
+            "digits_resnet8.md",
+            "digits_resnet8.tex",
+            "replication.csv",
+            "replication.md",
+        ]
+    )
     assert all(p.stat().st_size > 0 for p in paths)
     assert len(pd.read_csv(tmp_path / "out" / "runs.csv")) == 11
     agg = pd.read_csv(tmp_path / "out" / "digits_resnet8.csv")
-    assert {"n_seeds", "n_failed", "final_test_acc_mean", "final_test_acc_std",
-            "best_test_acc_mean", "best_test_acc_std", "sparsity_ok_all"} <= set(agg.columns)
-    assert write_tables(runs_root, tmp_path / "none", paper_targets=targets,
-                        datasets=["cifar10"])[1:] == [tmp_path / "none" / n for n in
-                                                      ("replication.csv", "replication.md")]
+    assert {
+        "n_seeds",
+        "n_failed",
+        "final_test_acc_mean",
+        "final_test_acc_std",
+        "best_test_acc_mean",
+        "best_test_acc_std",
+        "sparsity_ok_all",
+    } <= set(agg.columns)
+    assert write_tables(runs_root, tmp_path / "none", paper_targets=targets, datasets=["cifar10"])[
+        1:
+    ] == [tmp_path / "none" / n for n in ("replication.csv", "replication.md")]
 
 
 def test_table_for_pair_without_runs_does_not_crash(runs_root: Path, tmp_path: Path) -> None:
@@ -165,7 +181,9 @@ def test_replication_differences(runs_root: Path, tmp_path: Path) -> None:
     missing = rep.iloc[3]
     assert missing["n_seeds"] == 0 and math.isnan(missing["ours_mean"])
     text = md.read_text()
-    assert "| digits | resnet8 | ART + HS | 90% | 93.0 | 92.5 ± 1.4 | -0.5 | 2 | 91.0 ± 1.4 |" in text
+    assert (
+        "| digits | resnet8 | ART + HS | 90% | 93.0 | 92.5 ± 1.4 | -0.5 | 2 | 91.0 ± 1.4 |" in text
+    )
     assert "| cifar10 | resnet32 | ART + HS | 98% | 92.7 |  |  |  |  |" in text
     assert "| failed |" in text
 
@@ -178,7 +196,9 @@ def test_paper_targets_match_published_table() -> None:
     assert set(t.loc[t["kappa"] > 0, "method"]) == {"art_hs"}
 
     def val(d: str, m: str, k: float) -> float:
-        return float(t[(t["dataset"] == d) & (t["model"] == m) & (t["kappa"] == k)]["test_acc"].iloc[0])
+        return float(
+            t[(t["dataset"] == d) & (t["model"] == m) & (t["kappa"] == k)]["test_acc"].iloc[0]
+        )
 
     assert val("cifar10", "resnet32", 0.995) == 89.35
     assert val("cifar100", "vgg19", 0.9) == 73.23

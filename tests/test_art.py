@@ -17,6 +17,7 @@ from hypersparse.methods import ParamError, build_params, get_method
 from hypersparse.methods.art import ArtParams, ArtSelector, alpha_at
 from hypersparse.methods.art_trace import CSV_COLUMNS, GRAD_QUANTILES, MAG_QUANTILES
 from hypersparse.runner import execute
+from hypersparse.spec import RunSpec
 
 NPZ_FIELDS = {
     "epochs", "quantiles", "grad_at_quantile", "magnitude_at_quantile", "layer_names",
@@ -84,6 +85,7 @@ def test_selector_wide_window_middle_and_state_roundtrip():
 def test_selector_no_candidate_never_stops():
     s = ArtSelector()
     assert s.push(0, 0.0) is None and not s.should_stop(0.0)
+    assert s.needed_epochs() == {0}  # the newest stays available as the fallback candidate
 
 
 def test_loss_term_is_alpha_times_the_chosen_regularizer(tmp_path):
@@ -97,19 +99,44 @@ def test_loss_term_is_alpha_times_the_chosen_regularizer(tmp_path):
     class FakeTrainer:  # loss_term reads only the global epoch
         epoch = 3
 
+    ws = M.prunable_weights(model)
     for name in ("hs", "l1", "l2"):
         p = ArtParams(regularizer=name, lambda_init=0.5, eta=2.0, warmup_epochs=1)
         hooks = ArtHooks(p, 0.9, tmp_path)
-        got = hooks.loss_term(FakeTrainer(), model)  # type: ignore[arg-type]
-        want = 2.0 * REGULARIZERS[name](M.prunable_weights(model), 0.9)
-        assert torch.allclose(got, want)
+        got = torch.autograd.grad(hooks.loss_term(FakeTrainer(), model), ws)  # type: ignore[arg-type]
+        want = torch.autograd.grad(REGULARIZERS[name](ws, 0.9), ws)
+        assert all(torch.allclose(g, 2.0 * w) for g, w in zip(got, want, strict=True))
+        assert any(float(g.abs().max()) > 0 for g in got)
 
 
 # ---------------------------------------------------------------------------- end to end
-def _art_spec(make_spec, *, kappa=0.9, finetune_epochs=2, label="art_hs", **params):
+def _spec(root: Path, family: str, *, kappa: float = 0.0, params: dict | None = None,
+          epochs: int = 2, finetune_epochs: int = 1, label: str | None = None,
+          snapshot_epochs: tuple[int, ...] = ()) -> RunSpec:
+    """Same tiny digits spec as conftest's make_spec (resnet8 at width 0.25, 16 px)."""
+    return RunSpec.from_dict({
+        "dataset": "digits", "model": "resnet8", "method": label or family, "family": family,
+        "kappa": kappa, "seed": 0, "width": 0.25, "image_size": 16, "data_root": str(root),
+        "device": "cpu", "optim": {"batch_size": 128, "lr": 0.05},
+        "dense": {"epochs": epochs, "milestones": [], "gamma": 0.1},
+        "finetune": {"epochs": finetune_epochs, "milestones": [], "gamma": 0.1},
+        "params": params or {}, "snapshot_epochs": list(snapshot_epochs),
+    })
+
+
+@pytest.fixture(scope="module")
+def warm(digits_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(data root, a finished 2-epoch dense run with snapshot_e1.pt), shared by this module."""
+    out = tmp_path_factory.mktemp("art_dense") / "dense"
+    execute(_spec(digits_root, "dense", snapshot_epochs=(1,)), out, progress=False)
+    return digits_root, out
+
+
+def _art_spec(root: Path, *, kappa=0.9, finetune_epochs=1, label="art_hs", **params) -> RunSpec:
     base = {"warmup_epochs": 1, "lambda_init": 1e-4, "eta": 2.0, "max_art_epochs": 3}
     base.update(params)
-    return make_spec("art", kappa=kappa, params=base, finetune_epochs=finetune_epochs, label=label)
+    return _spec(root, "art", kappa=kappa, params=base, finetune_epochs=finetune_epochs,
+                 label=label)
 
 
 def _history(run: Path) -> list[dict[str, str]]:
@@ -117,10 +144,12 @@ def _history(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def test_art_end_to_end_contract(make_spec, dense_run, tmp_path):
-    spec = _art_spec(make_spec)
+@pytest.mark.slow
+def test_art_end_to_end_contract(warm, tmp_path):
+    root, dense = warm
+    spec = _art_spec(root, finetune_epochs=2)
     run = tmp_path / "art"
-    metrics = execute(spec, run, dense_run, progress=False)
+    metrics = execute(spec, run, dense, progress=False)
     art = metrics["art"]
     assert metrics["status"] == "ok" and metrics["sparsity_ok"] is True
     state = safe_torch_load(run / "model.pt")
@@ -180,10 +209,11 @@ def test_art_end_to_end_contract(make_spec, dense_run, tmp_path):
         assert not (run / leftover).exists()
 
 
-def test_max_art_epochs_guard_reports_not_converged(make_spec, dense_run, tmp_path):
+def test_max_art_epochs_guard_reports_not_converged(warm, tmp_path):
+    root, dense = warm
     # 99% pruned after 1 epoch never beats the dense training accuracy: the guard ends ART
-    spec = _art_spec(make_spec, kappa=0.99, max_art_epochs=1, lambda_init=0.0, finetune_epochs=1)
-    metrics = execute(spec, tmp_path / "art", dense_run, progress=False)
+    spec = _art_spec(root, kappa=0.99, max_art_epochs=1, lambda_init=0.0)
+    metrics = execute(spec, tmp_path / "art", dense, progress=False)
     art = metrics["art"]
     assert art["converged"] is False and art["epochs_used"] == 1
     assert art["selected_epoch"] == art["terminated_epoch"] == 1
@@ -191,10 +221,10 @@ def test_max_art_epochs_guard_reports_not_converged(make_spec, dense_run, tmp_pa
 
 
 @pytest.mark.parametrize("reg", ["l1", "l2"])
-def test_l1_l2_share_the_pipeline(make_spec, dense_run, tmp_path, reg):
-    spec = _art_spec(make_spec, regularizer=reg, max_art_epochs=1, finetune_epochs=1,
-                     label=f"art_{reg}")
-    metrics = execute(spec, tmp_path / reg, dense_run, progress=False)
+def test_l1_l2_share_the_pipeline(warm, tmp_path, reg):
+    root, dense = warm
+    spec = _art_spec(root, regularizer=reg, max_art_epochs=1, label=f"art_{reg}")
+    metrics = execute(spec, tmp_path / reg, dense, progress=False)
     assert metrics["art"]["regularizer"] == reg and metrics["sparsity_ok"] is True
     assert (tmp_path / reg / "art_trace.npz").is_file()
 
@@ -224,11 +254,12 @@ def _same_run(a: Path, b: Path, ma: dict, mb: dict) -> None:
 
 
 @pytest.mark.slow
-def test_resume_mid_art_and_between_phases_is_identical(make_spec, dense_run, tmp_path, monkeypatch):
+def test_resume_mid_art_and_between_phases_is_identical(warm, tmp_path, monkeypatch):
     from hypersparse.methods.art import AdaptiveRegularizedTraining, ArtHooks
 
-    spec = _art_spec(make_spec, kappa=0.95, max_art_epochs=3, finetune_epochs=1)
-    straight = execute(spec, tmp_path / "straight", dense_run, progress=False)
+    root, dense = warm
+    spec = _art_spec(root, kappa=0.95, max_art_epochs=3)
+    straight = execute(spec, tmp_path / "straight", dense, progress=False)
     assert straight["art"]["epochs_used"] >= 2
 
     # killed during ART epoch 2 (its end_epoch), so the checkpoint is after ART epoch 1
@@ -236,23 +267,24 @@ def test_resume_mid_art_and_between_phases_is_identical(make_spec, dense_run, tm
     with monkeypatch.context() as mp:
         _interrupt_at(mp, ArtHooks, "end_epoch", 1)
         with pytest.raises(KeyboardInterrupt):
-            execute(spec, run, dense_run, progress=False)
+            execute(spec, run, dense, progress=False)
     assert (run / "ckpt" / "last.pt").exists() and not (run / "metrics.json").exists()
-    _same_run(tmp_path / "straight", run, straight, execute(spec, run, dense_run, progress=False))
+    _same_run(tmp_path / "straight", run, straight, execute(spec, run, dense, progress=False))
 
     # killed after ART finished, before fine-tuning started: the candidate file carries over
     run = tmp_path / "between"
     with monkeypatch.context() as mp:
         _interrupt_at(mp, AdaptiveRegularizedTraining, "train_with_mask", 0)
         with pytest.raises(KeyboardInterrupt):
-            execute(spec, run, dense_run, progress=False)
+            execute(spec, run, dense, progress=False)
     assert (run / "art_candidate.pt").exists() and (run / "art_trace.npz").exists()
-    _same_run(tmp_path / "straight", run, straight, execute(spec, run, dense_run, progress=False))
+    _same_run(tmp_path / "straight", run, straight, execute(spec, run, dense, progress=False))
 
 
-def test_failure_outputs_exist_after_divergence(make_spec, dense_run, tmp_path):
-    spec = _art_spec(make_spec, regularizer="l2", lambda_init=1e12, max_art_epochs=2)
-    metrics = execute(spec, tmp_path / "div", dense_run, progress=False, record_failure=True)
+def test_failure_outputs_exist_after_divergence(warm, tmp_path):
+    root, dense = warm
+    spec = _art_spec(root, regularizer="l2", lambda_init=1e12, max_art_epochs=2)
+    metrics = execute(spec, tmp_path / "div", dense, progress=False, record_failure=True)
     assert metrics["status"] == "failed"
     with np.load(tmp_path / "div" / "art_trace.npz", allow_pickle=False) as z:
         assert set(z.files) == NPZ_FIELDS and z["grad_at_quantile"].shape[1] == len(GRAD_QUANTILES)
@@ -260,10 +292,10 @@ def test_failure_outputs_exist_after_divergence(make_spec, dense_run, tmp_path):
     assert header == ",".join(CSV_COLUMNS)
 
 
-def test_failure_outputs_without_any_epoch(make_spec, tmp_path):
+def test_failure_outputs_without_any_epoch(digits_root, tmp_path):
     from hypersparse.methods.art import AdaptiveRegularizedTraining
 
-    spec = _art_spec(make_spec)
+    spec = _art_spec(digits_root)
     method = AdaptiveRegularizedTraining(spec, build_params("art", spec.params))
     method.write_failure_outputs(tmp_path)
     with np.load(tmp_path / "art_trace.npz", allow_pickle=False) as z:

@@ -170,10 +170,12 @@ class Trainer:
 
     # ----------------------------------------------------------------- checkpoints
     def _load_checkpoint(self) -> dict[str, Any] | None:
+        tried = []
         for name in ("last.pt", "prev.pt"):
             path = self.ckpt_dir / name
             if not path.exists():
                 continue
+            tried.append(name)
             try:
                 ckpt = safe_torch_load(path, map_location="cpu")
                 if not isinstance(ckpt, dict) or ckpt.get("format") != 1:
@@ -183,6 +185,12 @@ class Trainer:
                 continue
             log.info("resuming from %s (phase %s, epoch %d)", path, ckpt["phase"], ckpt["epoch"])
             return ckpt
+        if tried:
+            log.warning(
+                "no usable checkpoint in %s (%s unreadable): training starts from scratch",
+                self.ckpt_dir,
+                " and ".join(tried),
+            )
         return None
 
     def _save_checkpoint(self, hooks: Hooks) -> None:

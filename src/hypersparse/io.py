@@ -34,6 +34,24 @@ def _atomic(path: Path, write: Callable[[str], None]) -> None:
             os.unlink(tmp)
 
 
+TEMP_GLOB = ".*.tmp"  # the names _atomic gives its temp files: .<name>.<random>.tmp
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete temp files that a killed writer left in ``folder``; returns what was removed.
+
+    Only safe while no other process writes into ``folder`` (one job per run folder).
+    """
+    removed = []
+    folder = Path(folder)
+    if folder.is_dir():
+        for tmp in folder.glob(TEMP_GLOB):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    return removed
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write text so that no reader ever sees half a file."""
 

@@ -15,7 +15,15 @@ from typing import Any
 
 from . import masks as M
 from .engine import DivergenceError, Trainer
-from .io import CheckpointError, atomic_torch_save, atomic_write_json, git_commit, package_versions, safe_torch_load
+from .io import (
+    CheckpointError,
+    atomic_torch_save,
+    atomic_write_json,
+    git_commit,
+    package_versions,
+    remove_stale_temp_files,
+    safe_torch_load,
+)
 from .methods import build_params, get_method
 from .spec import RunSpec
 
@@ -112,7 +120,6 @@ def execute(
     if finished(run_dir):
         log.info("%s is finished already; nothing to do", run_dir)
         return json.loads((run_dir / "metrics.json").read_text())
-    run_dir.mkdir(parents=True, exist_ok=True)
     spec_path = run_dir / "spec.json"
     if spec_path.exists():
         old = json.loads(spec_path.read_text())
@@ -122,12 +129,15 @@ def execute(
                 f"{run_dir} holds an unfinished run of a different spec (differs in: "
                 f"{', '.join(diff)}). Delete {run_dir} to start over, or use another results_dir."
             )
-    else:
-        atomic_write_json(spec_path, spec.to_dict())
+    for folder in (run_dir, run_dir / "ckpt"):  # leftovers of a writer killed mid-write
+        for tmp in remove_stale_temp_files(folder):
+            log.warning("removed %s, left by an interrupted write", tmp)
     t0 = time.perf_counter()
+    trainer = Trainer(spec, run_dir, progress=progress)  # data and resume state checked first
+    method = method_cls(spec, params)
+    if not spec_path.exists():
+        atomic_write_json(spec_path, spec.to_dict())
     try:
-        trainer = Trainer(spec, run_dir, progress=progress)
-        method = method_cls(spec, params)
         extra = method.run(trainer, dense_dir if isinstance(dense_dir, DenseFiles) or dense_dir is None else Path(dense_dir))
     except DivergenceError as exc:
         if not record_failure:

@@ -84,6 +84,12 @@ def _describe(**kw: Any) -> str:
     return ", ".join(f"{k}={v}" for k, v in kw.items() if v is not None) or "any"
 
 
+def _with_file(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    """Rows whose run folder holds the file ``name``."""
+    has = np.array([(Path(d) / name).is_file() for d in df["run_dir"]], dtype=bool)
+    return df.loc[has] if len(df) else df
+
+
 def _pick_run(
     df: pd.DataFrame,
     *,
@@ -98,7 +104,7 @@ def _pick_run(
     """One successful run of one of ``methods`` holding ``need_file`` (middle kappa, low seed)."""
     cand = select_runs(df, dataset=dataset, model=model, kappa=kappa, seed=seed)
     cand = cand[cand["method"].isin(methods)]
-    cand = cand[[(Path(d) / need_file).is_file() for d in cand["run_dir"]]]
+    cand = _with_file(cand, need_file)
     cand = cand[cand["kappa"] > 0]
     if cand.empty:
         raise NothingToPlotError(
@@ -121,10 +127,14 @@ def _same_setting(
 ) -> pd.Series | None:
     """The run of ``method`` with ref's dataset/model/kappa (given seed, else lowest seed)."""
     cand = select_runs(
-        df, dataset=ref["dataset"], model=ref["model"], method=method, kappa=ref["kappa"],
+        df,
+        dataset=ref["dataset"],
+        model=ref["model"],
+        method=method,
+        kappa=ref["kappa"],
         seed=seed,
     )
-    cand = cand[[(Path(d) / need_file).is_file() for d in cand["run_dir"]]]
+    cand = _with_file(cand, need_file)
     if cand.empty:
         return None
     return cand.sort_values("seed").iloc[0]
@@ -132,8 +142,11 @@ def _same_setting(
 
 def _run_title(r: pd.Series, *, method: bool = True) -> str:
     parts = [style.method_label(r["method"])] if method else []
-    parts += [f"{r['dataset']} / {r['model']}", f"κ = {style.kappa_percent(r['kappa'])}",
-              f"seed {int(r['seed'])}"]
+    parts += [
+        f"{r['dataset']} / {r['model']}",
+        f"κ = {style.kappa_percent(r['kappa'])}",
+        f"seed {int(r['seed'])}",
+    ]
     return ", ".join(parts)
 
 
@@ -155,8 +168,13 @@ def _no_data_panel(ax: plt.Axes, text: str) -> None:
 def _legend_below(fig: plt.Figure, handles: list, labels: list, ncol: int) -> None:
     """Figure legend under the panels, so it never covers data."""
     fig.legend(
-        handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=ncol,
-        frameon=False, handlelength=2.0, columnspacing=1.2,
+        handles,
+        labels,
+        loc="outside lower center",
+        ncol=ncol,
+        frameon=False,
+        handlelength=2.0,
+        columnspacing=1.2,
     )
 
 
@@ -184,10 +202,14 @@ def acc_vs_sparsity(
     dense = agg[(agg["method"] == "dense") & (agg["kappa"] == 0)]
     if sparse.empty and dense.empty:
         raise NothingToPlotError(f"no successful runs to plot for {dataset}/{model}")
-    ylabel = {"final_test_acc": "final-epoch test accuracy (%)",
-              "best_test_acc": "best-epoch test accuracy (%)\n(selected on the test set)"}
+    ylabel = {
+        "final_test_acc": "final-epoch test accuracy (%)",
+        "best_test_acc": "best-epoch test accuracy (%)\n(selected on the test set)",
+    }
     with plt.rc_context(style.RC):
         fig, ax = plt.subplots(figsize=(style.PANEL_WIDTH_IN, 2.6), layout="constrained")
+        ax.set_xscale("log")
+        ax.set_xlim(1.0, 0.005)
         handles, labels = [], []
         if not dense.empty:
             r = dense.iloc[0]
@@ -207,26 +229,32 @@ def acc_vs_sparsity(
             ax.fill_between(x, y - sd, y + sd, color=c, alpha=0.18, lw=0)
             missed = g["sparsity_ok_all"].fillna(True).to_numpy(bool) == False  # noqa: E712
             if missed.any():
-                ax.plot(x[missed], y[missed], ls="none", marker="o", ms=8, mfc="none",
-                        mec="red", mew=1.0)
+                ax.plot(
+                    x[missed],
+                    y[missed],
+                    ls="none",
+                    marker="o",
+                    ms=8,
+                    mfc="none",
+                    mec="red",
+                    mew=1.0,
+                )
             handles.append(h)
             labels.append(style.method_label(m))
         kappas = sorted(set(float(k) for k in sparse["kappa"]))
-        ax.set_xscale("log")
         if kappas:
             ax.set_xticks([1 - k for k in kappas])
             ax.set_xticklabels([style.kappa_percent(k) for k in kappas])
             lo, hi = 1 - max(kappas), 1 - min(kappas)
             ax.set_xlim(hi * 1.4, lo / 1.4)  # inverted: sparsity grows to the right
-        else:
+        else:  # dense only: an empty sparsity axis over the default range
             ax.set_xticks([])
         ax.xaxis.set_minor_locator(ticker.NullLocator())
         ax.set_xlabel("sparsity κ (log scale of the remaining fraction 1 − κ)")
         ax.set_ylabel(ylabel.get(metric, metric))
         ax.set_title(f"{dataset} / {model}")
         if (sparse["sparsity_ok_all"].fillna(True) == False).any():  # noqa: E712
-            handles.append(plt.Line2D([], [], ls="none", marker="o", ms=8, mfc="none",
-                                      mec="red"))
+            handles.append(plt.Line2D([], [], ls="none", marker="o", ms=8, mfc="none", mec="red"))
             labels.append("missed target sparsity")
         _legend_below(fig, handles, labels, ncol=3)
         return style.save_figure(fig, out_base)
@@ -254,8 +282,16 @@ def hs_gradient(
 ) -> list[Path]:
     """|dL_HS/dw| and sorted |w| vs relative rank for several ART epochs of one run."""
     df = _runs(runs_root)
-    r = _pick_run(df, figure="hs_gradient", methods=[method], need_file="art_trace.npz",
-                  dataset=dataset, model=model, kappa=_f(kappa), seed=_i(seed))
+    r = _pick_run(
+        df,
+        figure="hs_gradient",
+        methods=[method],
+        need_file="art_trace.npz",
+        dataset=dataset,
+        model=model,
+        kappa=_f(kappa),
+        seed=_i(seed),
+    )
     z = load_art_trace_npz(Path(r["run_dir"]))
     epochs, q = z["epochs"], z["quantiles"]
     grad, mag = z["grad_at_quantile"], z["magnitude_at_quantile"]
@@ -267,8 +303,9 @@ def hs_gradient(
     picks = _epoch_picks(len(epochs), n_epochs)
     cmap = plt.get_cmap("viridis")
     with plt.rc_context(style.RC):
-        fig, axes = plt.subplots(1, 2, figsize=(2 * style.PANEL_WIDTH_IN, 2.5),
-                                 layout="constrained")
+        fig, axes = plt.subplots(
+            1, 2, figsize=(2 * style.PANEL_WIDTH_IN, 2.5), layout="constrained"
+        )
         handles, labels = [], []
         for j, i in enumerate(picks):
             c = cmap(0.9 * j / max(1, len(picks) - 1))
@@ -306,12 +343,25 @@ def _i(x: Any) -> int | None:
 
 
 def _art_runs(
-    df: pd.DataFrame, figure: str, methods: list[str], dataset: str | None, model: str | None,
-    kappa: float | None, seed: int | None,
+    df: pd.DataFrame,
+    figure: str,
+    methods: list[str],
+    dataset: str | None,
+    model: str | None,
+    kappa: float | None,
+    seed: int | None,
 ) -> tuple[pd.Series, dict[str, pd.Series | None]]:
     """A reference ART run and, per method, its run in the same setting (None: not run)."""
-    ref = _pick_run(df, figure=figure, methods=methods, need_file="art_trace.csv",
-                    dataset=dataset, model=model, kappa=kappa, seed=seed)
+    ref = _pick_run(
+        df,
+        figure=figure,
+        methods=methods,
+        need_file="art_trace.csv",
+        dataset=dataset,
+        model=model,
+        kappa=kappa,
+        seed=seed,
+    )
     found = {m: _same_setting(df, ref, m, "art_trace.csv", seed) for m in methods}
     return ref, found
 
@@ -337,14 +387,25 @@ def exploration(
     df = _runs(runs_root)
     methods_l = _methods_opt(methods) or list(style.ART_METHODS)
     ref, found = _art_runs(df, "exploration", methods_l, dataset, model, _f(kappa), _i(seed))
-    traces = {m: (load_art_trace_csv(Path(r["run_dir"])) if r is not None else None)
-              for m, r in found.items()}
+    traces = {
+        m: (load_art_trace_csv(Path(r["run_dir"])) if r is not None else None)
+        for m, r in found.items()
+    }
     alphas = np.concatenate([t["alpha"].to_numpy(float) for t in traces.values() if t is not None])
     alphas = alphas[alphas > 0]
+    counts = [t[c].max() for t in traces.values() if t is not None for c in ("entered", "left")]
+    count_max = float(np.nanmax(counts)) if counts else 1.0
     n = len(methods_l)
     with plt.rc_context(style.RC):
-        fig, axes = plt.subplots(2, n, figsize=(max(2.4 * n, style.PANEL_WIDTH_IN), 3.8),
-                                 sharex=True, sharey="row", layout="constrained", squeeze=False)
+        fig, axes = plt.subplots(
+            2,
+            n,
+            figsize=(max(2.4 * n, style.PANEL_WIDTH_IN), 3.8),
+            sharex=True,
+            sharey="row",
+            layout="constrained",
+            squeeze=False,
+        )
         twins = []
         for j, m in enumerate(methods_l):
             a0, a1 = axes[0, j], axes[1, j]
@@ -377,7 +438,7 @@ def exploration(
             else:
                 tw.tick_params(which="both", labelright=False)
         axes[0, 0].set_yscale("symlog", linthresh=1.0)
-        axes[0, 0].set_ylim(bottom=0)
+        axes[0, 0].set_ylim(0, max(count_max, 1.0) * 2.0)
         axes[0, 0].set_ylabel("weights per epoch\n(symlog scale)")
         axes[1, 0].set_ylabel("IoU of top set\nwith final mask")
         axes[1, 0].set_ylim(0, 1.05)
@@ -392,8 +453,14 @@ def exploration(
             plt.Line2D([], [], color="0.2", ls=":"),
             plt.Line2D([], [], color="0.2", ls="-", alpha=0.7),
         ]
-        lab = ["entered top set", "left top set", "IoU with final mask", "α (right axis)",
-               "selected epoch", "termination epoch"]
+        lab = [
+            "entered top set",
+            "left top set",
+            "IoU with final mask",
+            "α (right axis)",
+            "selected epoch",
+            "termination epoch",
+        ]
         _legend_below(fig, h, lab, ncol=3)
         return style.save_figure(fig, out_base)
 
@@ -415,8 +482,14 @@ def art_termination(
     present = [m for m in methods_l if found[m] is not None]
     n = len(present)
     with plt.rc_context(style.RC):
-        fig, axes = plt.subplots(1, n, figsize=(max(2.6 * n, style.PANEL_WIDTH_IN), 2.5),
-                                 sharey=True, layout="constrained", squeeze=False)
+        fig, axes = plt.subplots(
+            1,
+            n,
+            figsize=(max(2.6 * n, style.PANEL_WIDTH_IN), 2.5),
+            sharey=True,
+            layout="constrained",
+            squeeze=False,
+        )
         for j, m in enumerate(present):
             ax = axes[0, j]
             t = load_art_trace_csv(Path(found[m]["run_dir"]))
@@ -440,8 +513,13 @@ def art_termination(
             plt.Line2D([], [], color="0.2", ls=":"),
             plt.Line2D([], [], color="0.2", alpha=0.7),
         ]
-        lab = [f"pruned copy (κ = {style.kappa_percent(ref['kappa'])})", "window mean (pruned)",
-               "dense (running, train mode)", "selected epoch", "termination epoch"]
+        lab = [
+            f"pruned copy (κ = {style.kappa_percent(ref['kappa'])})",
+            "window mean (pruned)",
+            "dense (running, train mode)",
+            "selected epoch",
+            "termination epoch",
+        ]
         _legend_below(fig, h, lab, ncol=3)
         return style.save_figure(fig, out_base)
 
@@ -450,31 +528,45 @@ def art_termination(
 
 
 def _sparse_runs_at(
-    df: pd.DataFrame, figure: str, dataset: str | None, model: str | None, kappa: float | None,
-    seed: int, methods: list[str] | None, need_file: str | None,
-) -> tuple[pd.DataFrame, float, str, str]:
-    """Successful non-dense runs at one kappa and seed, one per method, in method order."""
+    df: pd.DataFrame,
+    figure: str,
+    dataset: str | None,
+    model: str | None,
+    kappa: float | None,
+    seed: int | None,
+    methods: list[str] | None,
+    need_file: str | None,
+) -> tuple[pd.DataFrame, float, str, str, str]:
+    """Successful non-dense runs at one kappa, one per method (given seed, else its lowest).
+
+    Returns (runs in method order, kappa, dataset, model, a seed label for titles).
+    """
     cand = select_runs(df, dataset=dataset, model=model, seed=seed)
     cand = cand[cand["kappa"] > 0]
     if methods is not None:
         cand = cand[cand["method"].isin(methods)]
     if need_file is not None:
-        cand = cand[[(Path(d) / need_file).is_file() for d in cand["run_dir"]]]
+        cand = _with_file(cand, need_file)
     if cand.empty:
         raise NothingToPlotError(
-            f"figure {figure!r} needs finished sparse runs (kappa > 0, seed {seed}"
+            f"figure {figure!r} needs finished sparse runs (kappa > 0"
             f"{', with ' + need_file if need_file else ''}) "
-            f"({_describe(dataset=dataset, model=model, kappa=kappa)}); none found"
+            f"({_describe(dataset=dataset, model=model, kappa=kappa, seed=seed)}); none found"
         )
     d, m = (dataset, model) if dataset and model else _pick_pair(cand, dataset, model)
     cand = cand[(cand["dataset"] == d) & (cand["model"] == m)]
     k = _middle(cand["kappa"]) if kappa is None else kappa
     cand = select_runs(cand, kappa=k)
     if cand.empty:
-        raise NothingToPlotError(f"figure {figure!r}: no sparse runs at kappa={k} for {d}/{m}")
+        raise NothingToPlotError(
+            f"figure {figure!r} needs finished sparse runs at kappa={k} for {d}/{m}; none found"
+        )
     order = {mm: i for i, mm in enumerate(style.sort_methods(cand["method"]))}
-    cand = cand.assign(_o=cand["method"].map(order)).sort_values("_o").drop(columns="_o")
-    return cand.drop_duplicates("method"), k, d, m
+    cand = cand.assign(_o=cand["method"].map(order)).sort_values(["_o", "seed"])
+    cand = cand.drop(columns="_o").drop_duplicates("method")
+    seeds = sorted(set(int(x) for x in cand["seed"]))
+    label = f"seed {seeds[0]}" if len(seeds) == 1 else "lowest seed per method"
+    return cand, k, d, m, label
 
 
 def _layer_info(run_dir: Path) -> tuple[dict[str, float], dict[str, int], list[str] | None]:
@@ -489,7 +581,9 @@ def _layer_info(run_dir: Path) -> tuple[dict[str, float], dict[str, int], list[s
         if not dens:
             dens, size = rep["layer_density"], rep["layer_size"]
     if not dens:
-        raise NothingToPlotError(f"{run_dir} has neither layer_density in metrics.json nor model.pt")
+        raise NothingToPlotError(
+            f"{run_dir} has neither layer_density in metrics.json nor model.pt"
+        )
     return dict(dens), dict(size or {}), order
 
 
@@ -515,13 +609,14 @@ def layer_density(
     dataset: str | None = None,
     model: str | None = None,
     kappa: float | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     methods: str | Iterable[str] | None = None,
 ) -> list[Path]:
     """Heat map of final-mask density per layer (rows) and method (columns) at one kappa."""
     df = _runs(runs_root)
-    runs, k, d, m = _sparse_runs_at(df, "layer_density", dataset, model, _f(kappa), int(seed),
-                                    _methods_opt(methods), None)
+    runs, k, d, m, seed_label = _sparse_runs_at(
+        df, "layer_density", dataset, model, _f(kappa), _i(seed), _methods_opt(methods), None
+    )
     cols, sizes, order = {}, {}, None
     for _, r in runs.iterrows():
         dens, size, o = _layer_info(Path(r["run_dir"]))
@@ -530,10 +625,13 @@ def layer_density(
         order = order or o
     layers = order or sorted({k for c in cols.values() for k in c}, key=_natural_key)
     layers = [layer for layer in layers if any(layer in c for c in cols.values())]
-    mat = pd.DataFrame({meth: [c.get(layer, np.nan) for layer in layers]
-                        for meth, c in cols.items()})
-    ylabels = [lay.removesuffix(".weight") + (f" ({_short(sizes[lay])})" if lay in sizes else "")
-               for lay in layers]
+    mat = pd.DataFrame(
+        {meth: [c.get(layer, np.nan) for layer in layers] for meth, c in cols.items()}
+    )
+    ylabels = [
+        lay.removesuffix(".weight") + (f" ({_short(sizes[lay])})" if lay in sizes else "")
+        for lay in layers
+    ]
     vals = mat.to_numpy(float)
     pos = vals[np.isfinite(vals) & (vals > 0)]
     vmin = max(float(pos.min()) if pos.size else 1e-3, 1e-4)
@@ -544,12 +642,21 @@ def layer_density(
         fig, ax = plt.subplots(figsize=(w, h), layout="constrained")
         ax.set_facecolor("0.85")  # zero-density (disconnected) cells show as grey
         sns.heatmap(
-            np.where(vals > 0, vals, np.nan), ax=ax, cmap="viridis",
-            norm=mcolors.LogNorm(vmin=vmin, vmax=1.0), annot=annot, fmt="",
-            annot_kws={"fontsize": 7}, linewidths=0.3, linecolor="white",
-            cbar_kws={"label": "layer density, % of weights kept\n(colour: log scale)",
-                      "shrink": 0.8},
-            xticklabels=[style.method_label(c) for c in cols], yticklabels=ylabels,
+            np.where(vals > 0, vals, np.nan),
+            ax=ax,
+            cmap="viridis",
+            norm=mcolors.LogNorm(vmin=vmin, vmax=1.0),
+            annot=annot,
+            fmt="",
+            annot_kws={"fontsize": 7},
+            linewidths=0.3,
+            linecolor="white",
+            cbar_kws={
+                "label": "layer density, % of weights kept\n(colour: log scale)",
+                "shrink": 0.8,
+            },
+            xticklabels=[style.method_label(c) for c in cols],
+            yticklabels=ylabels,
         )
         for (r, c), v in np.ndenumerate(vals):
             if v == 0:  # masked out of the colour map above; still say "0"
@@ -560,8 +667,10 @@ def layer_density(
             lab.set_ha("right")
         ax.set_xlabel("")
         ax.set_ylabel("prunable layer (number of weights)")
-        ax.set_title(f"{d} / {m}, κ = {style.kappa_percent(k)}, seed {seed}\n"
-                     "cell text: % of the layer's weights kept")
+        ax.set_title(
+            f"{d} / {m}, κ = {style.kappa_percent(k)}, {seed_label}\n"
+            "cell text: % of the layer's weights kept"
+        )
         return style.save_figure(fig, out_base)
 
 
@@ -600,8 +709,15 @@ def _annotated_grid(ax: plt.Axes, freq: np.ndarray, cmap: str = "magma") -> None
     for (r, c), v in np.ndenumerate(freq):
         rgb = mcolors.to_rgb(cm(v / vmax))
         lum = 0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2]
-        ax.text(c, r, _pct_text(float(v)), ha="center", va="center", fontsize=7,
-                color="black" if lum > 0.5 else "white")
+        ax.text(
+            c,
+            r,
+            _pct_text(float(v)),
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="black" if lum > 0.5 else "white",
+        )
     ax.set_xticks([])
     ax.set_yticks([])
     ax.grid(False)
@@ -616,13 +732,21 @@ def kernel_patterns(
     dataset: str | None = None,
     model: str | None = None,
     kappa: float | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     methods: str | Iterable[str] | None = None,
 ) -> list[Path]:
     """Per method: how often each 3x3 kernel position survives (per stage) + survivors/kernel."""
     df = _runs(runs_root)
-    runs, k, d, m = _sparse_runs_at(df, "kernel_patterns", dataset, model, _f(kappa), int(seed),
-                                    _methods_opt(methods), "model.pt")
+    runs, k, d, m, seed_label = _sparse_runs_at(
+        df,
+        "kernel_patterns",
+        dataset,
+        model,
+        _f(kappa),
+        _i(seed),
+        _methods_opt(methods),
+        "model.pt",
+    )
     data = []
     for _, r in runs.iterrows():
         stages = conv3x3_stages(load_prunable_weights(Path(r["run_dir"])))
@@ -634,8 +758,12 @@ def kernel_patterns(
     ns, nm = len(stage_names), len(data)
     with plt.rc_context(style.RC):
         fig, axes = plt.subplots(
-            nm, ns + 1, figsize=(1.05 * ns + 2.0, 1.05 * nm + 0.9), layout="constrained",
-            squeeze=False, gridspec_kw={"width_ratios": [1] * ns + [1.9]},
+            nm,
+            ns + 1,
+            figsize=(1.05 * ns + 2.0, 1.05 * nm + 0.9),
+            layout="constrained",
+            squeeze=False,
+            gridspec_kw={"width_ratios": [1] * ns + [1.9]},
         )
         for i, (meth, stages) in enumerate(data):
             all_k = []
@@ -650,14 +778,20 @@ def kernel_patterns(
                 freq, _ = kernel_stats(stages[sname])
                 _annotated_grid(ax, freq)
                 if i == 0:
-                    ax.set_title(f"{sname}\n({sum(w.shape[0] * w.shape[1] for w in stages[sname])}"
-                                 " kernels)", fontsize=7)
+                    ax.set_title(
+                        f"{sname}\n({sum(w.shape[0] * w.shape[1] for w in stages[sname])} kernels)",
+                        fontsize=7,
+                    )
             axes[i, 0].set_ylabel(style.method_label(meth), rotation=0, ha="right", va="center")
             _, hist = kernel_stats(all_k)
             ax = axes[i, ns]
             frac = hist / hist.sum()
-            ax.bar(np.arange(10), np.where(frac > 0, frac, np.nan),
-                   color=style.method_color(meth), width=0.8)
+            ax.bar(
+                np.arange(10),
+                np.where(frac > 0, frac, np.nan),
+                color=style.method_color(meth),
+                width=0.8,
+            )
             ax.set_yscale("log")
             ax.set_ylim(min(frac[frac > 0].min() / 2, 0.5), 1.5)
             ax.set_xticks(range(10))
@@ -669,7 +803,7 @@ def kernel_patterns(
                 ax.set_xlabel("survivors (of 9)")
             ax.set_ylabel("fraction of\nkernels (log)")
         fig.suptitle(
-            f"{d} / {m}, κ = {style.kappa_percent(k)}, seed {seed}: % of 3×3 kernels in which "
+            f"{d} / {m}, κ = {style.kappa_percent(k)}, {seed_label}: % of 3×3 kernels in which "
             "each position survives\n(colour scale per panel; numbers in %)"
         )
         return style.save_figure(fig, out_base)
@@ -698,14 +832,28 @@ def magnitudes(
     """Sorted |w| of the prunable weights before ART, at termination, after fine-tuning."""
     df = _runs(runs_root)
     methods_l = _methods_opt(methods) or list(style.ART_METHODS)
-    ref = _pick_run(df, figure="magnitudes", methods=methods_l, need_file="art_trace.npz",
-                    dataset=dataset, model=model, kappa=_f(kappa), seed=_i(seed))
+    ref = _pick_run(
+        df,
+        figure="magnitudes",
+        methods=methods_l,
+        need_file="art_trace.npz",
+        dataset=dataset,
+        model=model,
+        kappa=_f(kappa),
+        seed=_i(seed),
+    )
     found = {mm: _same_setting(df, ref, mm, "art_trace.npz", _i(seed)) for mm in methods_l}
     present = [mm for mm in methods_l if found[mm] is not None]
     n = len(present)
     with plt.rc_context(style.RC):
-        fig, axes = plt.subplots(1, n, figsize=(max(2.6 * n, style.PANEL_WIDTH_IN), 2.5),
-                                 sharey=True, layout="constrained", squeeze=False)
+        fig, axes = plt.subplots(
+            1,
+            n,
+            figsize=(max(2.6 * n, style.PANEL_WIDTH_IN), 2.5),
+            sharey=True,
+            layout="constrained",
+            squeeze=False,
+        )
         for j, mm in enumerate(present):
             ax = axes[0, j]
             z = load_art_trace_npz(Path(found[mm]["run_dir"]))
@@ -715,8 +863,12 @@ def magnitudes(
                     v = z[key]
                     pos = v > 0
                     ax.plot(q[pos], v[pos], color=c, lw=lw)
-            ax.axvline(float(z["kappa"]) if "kappa" in z else float(ref["kappa"]),
-                       color="0.3", ls="--", lw=1.0)
+            ax.axvline(
+                float(z["kappa"]) if "kappa" in z else float(ref["kappa"]),
+                color="0.3",
+                ls="--",
+                lw=1.0,
+            )
             ax.set_yscale("log")
             ax.set_xlim(0, 1)
             ax.set_title(style.method_label(mm))

@@ -145,9 +145,11 @@ def format_cell(row: pd.Series | None, metric: str, *, latex: bool = False) -> s
     if row["n_failed"] > 0:
         marks += MARK_FAILED
     if marks and latex:
-        marks = "$^{" + marks.replace(MARK_SPARSITY, r"\dagger").replace(
-            MARK_FAILED, r"\ddagger"
-        ) + "}$"
+        marks = (
+            "$^{"
+            + marks.replace(MARK_SPARSITY, r"\dagger").replace(MARK_FAILED, r"\ddagger")
+            + "}$"
+        )
     return text + marks
 
 
@@ -165,7 +167,9 @@ def wide_cells(
     methods = sort_methods(agg["method"])
     kappas = sorted(set(float(k) for k in agg["kappa"]))
     lookup = {(r["method"], float(r["kappa"])): r for _, r in agg.iterrows()}
-    cells = [[format_cell(lookup.get((m, k)), metric, latex=latex) for k in kappas] for m in methods]
+    cells = [
+        [format_cell(lookup.get((m, k)), metric, latex=latex) for k in kappas] for m in methods
+    ]
     bold = [[False] * len(kappas) for _ in methods]
     for j, k in enumerate(kappas):
         cand = [
@@ -232,9 +236,7 @@ def latex_table(agg: pd.DataFrame, metric: str, *, caption: str, label: str) -> 
         r"\midrule",
     ]
     for i, m in enumerate(methods):
-        row = [
-            rf"\textbf{{{c}}}" if bold[i][j] and c else c for j, c in enumerate(cells[i])
-        ]
+        row = [rf"\textbf{{{c}}}" if bold[i][j] and c else c for j, c in enumerate(cells[i])]
         lines.append(tex_escape(method_label(m)) + " & " + " & ".join(row) + r" \\")
     if not methods:
         lines.append(r"\multicolumn{1}{l}{No finished runs.} \\")
@@ -244,11 +246,7 @@ def latex_table(agg: pd.DataFrame, metric: str, *, caption: str, label: str) -> 
         FOOTNOTES[1].replace(MARK_SPARSITY, "$^\\dagger$"),
         FOOTNOTES[2].replace(MARK_FAILED, "$^\\ddagger$"),
     ]
-    lines.append(
-        r"\par\smallskip{\footnotesize "
-        + " ".join(_tex_note(n) for n in notes)
-        + "}"
-    )
+    lines.append(r"\par\smallskip{\footnotesize " + " ".join(_tex_note(n) for n in notes) + "}")
     lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
 
@@ -256,7 +254,9 @@ def latex_table(agg: pd.DataFrame, metric: str, *, caption: str, label: str) -> 
 def _tex_note(note: str) -> str:
     """Escape a footnote but keep its $...$ math marks."""
     parts = note.split("$")
-    return "".join(p if i % 2 else tex_escape(p).replace("±", r"$\pm$") for i, p in enumerate(parts))
+    return "".join(
+        p if i % 2 else tex_escape(p).replace("±", r"$\pm$") for i, p in enumerate(parts)
+    )
 
 
 def _seed_range(agg: pd.DataFrame) -> str:

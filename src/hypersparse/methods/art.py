@@ -152,9 +152,12 @@ class ArtSelector:
         """Epochs whose pruned copy may still be (or is) the candidate.
 
         Entries left of the middle index never become the middle again, so only the window
-        from index b on and the candidate need their pruned weights kept.
+        from index b on, the candidate, and the newest entry (the fallback when no epoch was
+        ever selected) need their pruned weights kept.
         """
         keep = {e for e, _ in self.window[self.b :]}
+        if self.window:
+            keep.add(self.window[-1][0])
         if self.candidate is not None:
             keep.add(int(self.candidate["epoch"]))
         return keep

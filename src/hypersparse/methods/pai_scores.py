@@ -79,9 +79,11 @@ def snip_scores(model: nn.Module, batches: Sequence[Batch]) -> Scores:
     weights = [w for _, w in named]
     grads = [torch.zeros_like(w) for w in weights]
     for x, y in batches:
-        for acc, g in zip(grads, torch.autograd.grad(F.cross_entropy(net(x), y), weights)):
+        for acc, g in zip(
+            grads, torch.autograd.grad(F.cross_entropy(net(x), y), weights), strict=True
+        ):
             acc += g
-    return [(k, (g * w).detach().abs()) for (k, w), g in zip(named, grads)]
+    return [(k, (g * w).detach().abs()) for (k, w), g in zip(named, grads, strict=True)]
 
 
 def grasp_scores(
@@ -113,16 +115,16 @@ def grasp_scores(
     g = [torch.zeros_like(w) for w in weights]
     for x, y in batches:
         loss = F.cross_entropy(net(x) / temperature, y)
-        for acc, gb in zip(g, torch.autograd.grad(loss, weights)):
+        for acc, gb in zip(g, torch.autograd.grad(loss, weights), strict=True):
             acc += gb
     hg = [torch.zeros_like(w) for w in weights]
     for x, y in batches:
         loss = F.cross_entropy(net(x) / temperature, y)
         grad_f = torch.autograd.grad(loss, weights, create_graph=True)
-        z = sum((gi.detach() * gf).sum() for gi, gf in zip(g, grad_f))
-        for acc, h in zip(hg, torch.autograd.grad(z, weights)):
+        z = sum((gi.detach() * gf).sum() for gi, gf in zip(g, grad_f, strict=True))
+        for acc, h in zip(hg, torch.autograd.grad(z, weights), strict=True):
             acc += h
-    return [(k, (-w * h).detach()) for (k, w), h in zip(named, hg)]
+    return [(k, (-w * h).detach()) for (k, w), h in zip(named, hg, strict=True)]
 
 
 class _SynFlowNet:
@@ -144,11 +146,11 @@ class _SynFlowNet:
     def scores(self, masks: Masks | None = None) -> Scores:
         """|w * dR/dw| with R = sum(f(1)) of the linearised network with pruned weights at 0."""
         with torch.no_grad():
-            for (name, w), w0 in zip(self.named, self.abs_weights):
+            for (name, w), w0 in zip(self.named, self.abs_weights, strict=True):
                 w.copy_(w0 if masks is None else w0 * masks[name].to(w0.device))
         weights = [w.requires_grad_(True) for _, w in self.named]
         grads = torch.autograd.grad(self.net(self.x).sum(), weights)
-        return [(k, (g * w).detach().abs()) for (k, w), g in zip(self.named, grads)]
+        return [(k, (g * w).detach().abs()) for (k, w), g in zip(self.named, grads, strict=True)]
 
 
 def synflow_scores(
@@ -175,7 +177,9 @@ def synflow_masks(
     final = keep_count(kappa, n)
     masks: Masks | None = None
     for k in range(1, iterations + 1):
-        keep = final if k == iterations else max(final, round(n * (1.0 - kappa) ** (k / iterations)))
+        keep = (
+            final if k == iterations else max(final, round(n * (1.0 - kappa) ** (k / iterations)))
+        )
         scores = sf.scores(masks)
         if masks is not None:  # already pruned: below every live weight (live scores >= 0)
             scores = [(name, torch.where(masks[name], s, -1.0)) for name, s in scores]
@@ -192,11 +196,13 @@ def apportion(expected: Sequence[float], caps: Sequence[int], total: int) -> lis
     """
     if not 0 <= total <= sum(caps):
         raise ValueError(f"cannot place {total} weights in layers of sizes {list(caps)}")
-    counts = [min(c, max(0, math.floor(e))) for e, c in zip(expected, caps)]
+    counts = [min(c, max(0, math.floor(e))) for e, c in zip(expected, caps, strict=True)]
     rem = [e - math.floor(e) for e in expected]
     diff = total - sum(counts)
     while diff > 0:
-        order = sorted((i for i in range(len(counts)) if counts[i] < caps[i]), key=lambda i: -rem[i])
+        order = sorted(
+            (i for i in range(len(counts)) if counts[i] < caps[i]), key=lambda i: -rem[i]
+        )
         for i in order[:diff]:
             counts[i] += 1
         diff = total - sum(counts)
@@ -228,7 +234,10 @@ def smart_ratio_densities(
     raw = [float((n_layers - i) ** 2 + (n_layers - i)) for i in range(n_layers)]
     if index_decay:
         raw = [r / (i + 1) ** 2 for i, r in enumerate(raw)]
-    fixed = [math.floor(linear_keep_ratio * n) if lin else None for n, lin in zip(sizes, is_linear)]
+    fixed = [
+        math.floor(linear_keep_ratio * n) if lin else None
+        for n, lin in zip(sizes, is_linear, strict=True)
+    ]
     if keep - sum(f for f in fixed if f is not None) <= 0 or all(lin for lin in is_linear):
         fixed = [None] * n_layers
     free = [i for i in range(n_layers) if fixed[i] is None]
@@ -268,9 +277,9 @@ def smart_ratio_masks(
     dens = smart_ratio_densities(
         sizes, [id(w) in linear_weights for _, w in named], keep, linear_keep_ratio, index_decay
     )
-    counts = apportion([d * n for d, n in zip(dens, sizes)], sizes, keep)
+    counts = apportion([d * n for d, n in zip(dens, sizes, strict=True)], sizes, keep)
     masks: Masks = {}
-    for (name, w), c in zip(named, counts):
+    for (name, w), c in zip(named, counts, strict=True):
         flat = torch.zeros(w.numel(), dtype=torch.bool)
         flat[torch.randperm(w.numel(), generator=generator)[:c]] = True
         masks[name] = flat.view(w.shape)

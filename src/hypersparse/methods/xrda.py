@@ -16,6 +16,7 @@ a non-dense run folder (the workflow wires only dense run folders today).
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from .. import masks as M
 from ..engine import Hooks, Phase, Trainer
 from ..optim_xrda import XRDA
 from .base import Method, register
+
+log = logging.getLogger("hypersparse")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,8 +116,10 @@ class XRDAAtKappa(Method):
 
     If xRDA already has more than floor(kappa*N) zeros, the mask keeps some zero weights
     (ties broken by position) and fine-tuning lets them grow back; the count is then exact
-    unless such a weight gets an exactly zero gradient throughout (e.g. a dead channel),
-    which the runner's ``sparsity_ok`` reports.
+    unless such a weight gets an exactly zero gradient throughout (e.g. a dead channel, or
+    a classifier thresholded to all zeros by a too large ``lam``, which stops every
+    gradient), which the runner's ``sparsity_ok`` reports; choose ``lam`` so that xRDA's
+    sparsity stays below the smallest kappa.
     """
 
     family = "xrda_at_kappa"
@@ -122,8 +127,18 @@ class XRDAAtKappa(Method):
 
     def run(self, trainer: Trainer, dense_dir: Path | None) -> dict[str, Any]:
         res = train_xrda(trainer, self.p)
-        self.train_with_mask(trainer, lambda t: M.model_masks_by_magnitude(t.model, self.spec.kappa))
         target = M.target_zeros(self.spec.kappa, res["num_prunable"])
+        if res["num_zero"] > target:
+            log.warning(
+                "xRDA reached %d zeros, more than the %d kappa=%g asks for: lower lam so that "
+                "kept zero weights need not grow back",
+                res["num_zero"],
+                target,
+                self.spec.kappa,
+            )
+        self.train_with_mask(
+            trainer, lambda t: M.model_masks_by_magnitude(t.model, self.spec.kappa)
+        )
         return {
             "xrda": {
                 "iterations": res["iterations"],

@@ -1,0 +1,172 @@
+"""Cost of the HyperSparse regularizer in a training step (not a unit test).
+
+Builds ResNet-32 and VGG-19 (10 classes) and times, in one process, a full training step
+(forward + cross-entropy + backward + SGD step, batch 64, 32 px random inputs) three ways:
+  none  - cross-entropy only
+  ours  - CE + alpha * hypersparse.regularizers.hypersparse_loss
+  sort  - CE + alpha * the authors' formulation (a_k by torch.sort over all N weights, value
+          sum|w| * T / stopgrad(T) - sum|w|), re-implemented here for comparison
+Measurements are interleaved (blocks of steps, mode order rotated every round) and the
+median step time per mode is reported, so machine noise hits all modes alike. Also prints
+the regularizer alone (forward + backward on the weights, no network) and the peak RSS.
+
+    python benchmarks/bench_hs_overhead.py [--models resnet32 vgg19] [--steps 12] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hypersparse.masks import prunable_weights
+from hypersparse.models import build_model
+from hypersparse.regularizers import hypersparse_loss
+
+ALPHA = 5e-6
+PRUNE_RATE = 0.9
+
+
+def authors_sort_hs(weights: Sequence[Tensor], prune_rate: float) -> Tensor:
+    """The authors' formulation: one concatenated vector, full sort for a_k, value 0."""
+    w = torch.cat([x.reshape(-1) for x in weights])
+    w_abs = w.abs()
+    sorted_abs = torch.sort(w_abs.detach()).values
+    s = 0.6585 / sorted_abs[math.floor(prune_rate * sorted_abs.numel())]
+    t_sum = torch.tanh(s * w_abs).sum()
+    return (w_abs * t_sum / t_sum.detach() - w_abs).sum()
+
+
+REGS: dict[str, Callable[[Sequence[Tensor], float], Tensor] | None] = {
+    "none": None,
+    "ours": hypersparse_loss,
+    "sort": authors_sort_hs,
+}
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def make_step(model: nn.Module, mode: str, x: Tensor, y: Tensor) -> Callable[[], float]:
+    """A closure running one training step in ``mode`` and returning its wall time (s)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    weights = prunable_weights(model)
+    reg = REGS[mode]
+
+    def step() -> float:
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        if reg is not None:
+            loss = loss + ALPHA * reg(weights, PRUNE_RATE)
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - t0
+
+    return step
+
+
+def reg_only_ms(model: nn.Module, mode: str, reps: int) -> float:
+    """Median time of the regularizer's forward + backward alone, in ms."""
+    reg = REGS[mode]
+    if reg is None:
+        return 0.0
+    ws = [w.detach().clone().requires_grad_() for w in prunable_weights(model)]
+    times = []
+    for _ in range(reps + 1):
+        for w in ws:
+            w.grad = None
+        t0 = time.perf_counter()
+        reg(ws, PRUNE_RATE).backward()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times[1:])
+
+
+def bench_model(name: str, steps: int, block: int, batch: int) -> dict:
+    """Interleaved timing of the three modes for one model; returns a result row."""
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, 32, 32)
+    y = torch.randint(0, 10, (batch,))
+    # One model per mode (same init), so optimizer state never leaks between modes.
+    steppers = {}
+    for mode in REGS:
+        torch.manual_seed(0)
+        steppers[mode] = make_step(build_model(name, 10), mode, x, y)
+    for fn in steppers.values():  # warm-up: allocator, kernels, momentum buffers
+        fn()
+        fn()
+    times: dict[str, list[float]] = {m: [] for m in REGS}
+    modes = list(REGS)
+    rounds = math.ceil(steps / block)
+    for r in range(rounds):
+        order = modes[r % len(modes) :] + modes[: r % len(modes)]
+        for mode in order:
+            for _ in range(block):
+                times[mode].append(steppers[mode]())
+    med = {m: 1e3 * statistics.median(v) for m, v in times.items()}
+    ref_model = build_model(name, 10)
+    return {
+        "model": name,
+        "num_weights": sum(w.numel() for w in prunable_weights(ref_model)),
+        "steps_per_mode": len(times["none"]),
+        "ms_none": med["none"],
+        "ms_ours": med["ours"],
+        "ms_sort": med["sort"],
+        "ratio_ours": med["ours"] / med["none"],
+        "ratio_sort": med["sort"] / med["none"],
+        "reg_only_ms_ours": reg_only_ms(ref_model, "ours", 5),
+        "reg_only_ms_sort": reg_only_ms(ref_model, "sort", 3),
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    """Run the benchmark and print a table (and optionally write JSON)."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["resnet32", "vgg19"])
+    ap.add_argument("--steps", type=int, default=12, help="timed steps per mode (>= 10)")
+    ap.add_argument("--block", type=int, default=2, help="consecutive steps per mode")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = ap.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = f"cpu ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads"
+    print(f"device: {device}; torch {torch.__version__}; batch {args.batch}; 32 px; kappa {PRUNE_RATE}")
+    rows = []
+    header = (
+        f"{'model':10s} {'N':>11s} {'none ms':>9s} {'ours ms':>9s} {'sort ms':>9s} "
+        f"{'ours/none':>9s} {'sort/none':>9s} {'reg ours':>9s} {'reg sort':>9s} {'peak RSS':>9s}"
+    )
+    print(header)
+    for name in args.models:
+        row = bench_model(name, args.steps, args.block, args.batch)
+        row["device"] = device
+        rows.append(row)
+        print(
+            f"{name:10s} {row['num_weights']:>11,d} {row['ms_none']:9.1f} {row['ms_ours']:9.1f} "
+            f"{row['ms_sort']:9.1f} {row['ratio_ours']:9.3f} {row['ratio_sort']:9.3f} "
+            f"{row['reg_only_ms_ours']:9.1f} {row['reg_only_ms_sort']:9.1f} "
+            f"{row['peak_rss_mib']:7.0f}Mi",
+            flush=True,
+        )
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(rows, fh, indent=2)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
