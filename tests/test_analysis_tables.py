@@ -118,6 +118,8 @@ def test_latex_bold_best_in_column(runs_root: Path, tmp_path: Path) -> None:
     # 98%: art_hs missed its target (ineligible), omp alone -> nothing bold; marks in math
     assert r"85.0$^{\dagger}$" in final and r"80.0$^{\ddagger}$" in final
     assert r"\textbf{80.0" not in final and r"\textbf{85.0" not in final
+    assert r"$^\dagger$ at least one run" in final and r"mean $\pm$ sample" in final
+    assert final.count("$") % 2 == 0  # every math span is closed
     assert r"ART + HS" in final and r"95.0 $\pm$ 1.0" in final
     assert tex.count(r"\begin{table}") == 2  # final-epoch and best-epoch variants
     best = tex.split(r"\end{table}")[1]
@@ -182,9 +184,10 @@ def test_replication_differences(runs_root: Path, tmp_path: Path) -> None:
     assert missing["n_seeds"] == 0 and math.isnan(missing["ours_mean"])
     text = md.read_text()
     assert (
-        "| digits | resnet8 | ART + HS | 90% | 93.0 | 92.5 ± 1.4 | -0.5 | 2 | 91.0 ± 1.4 |" in text
+        "| digits | resnet8 | ART + HS | 90% | 93.00 | 92.50 ± 1.41 | -0.50 | 2 | 91.00 ± 1.41 |"
+        in text
     )
-    assert "| cifar10 | resnet32 | ART + HS | 98% | 92.7 |  |  |  |  |" in text
+    assert "| cifar10 | resnet32 | ART + HS | 98% | 92.69 |  |  |  |  |" in text
     assert "| failed |" in text
 
 

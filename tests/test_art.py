@@ -290,6 +290,8 @@ def test_failure_outputs_exist_after_divergence(warm, tmp_path):
         assert set(z.files) == NPZ_FIELDS and z["grad_at_quantile"].shape[1] == len(GRAD_QUANTILES)
     header = (tmp_path / "div" / "art_trace.csv").read_text().splitlines()[0]
     assert header == ",".join(CSV_COLUMNS)
+    assert not (tmp_path / "div" / "art_work").exists()
+    assert not (tmp_path / "div" / "art_candidate.pt").exists()
 
 
 def test_failure_outputs_without_any_epoch(digits_root, tmp_path):

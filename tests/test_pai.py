@@ -180,9 +180,10 @@ def test_smart_ratio_caps_at_one_and_moves_the_excess_on() -> None:
     assert p[0] == 1.0 and all(0 <= d <= 1 for d in p) and p[3] == 0.3
     assert sum(d * n for d, n in zip(p, sizes, strict=True)) == pytest.approx(1500)
     assert S.smart_ratio_densities(sizes, lin, 2200, 0.3) == [1.0, 1.0, 1.0, 1.0]
-    # classifier budget alone exceeds the target: it joins the formula (k = 1, smallest ratio)
-    q = S.smart_ratio_densities(sizes, lin, 20, 0.3)
-    assert sum(d * n for d, n in zip(q, sizes, strict=True)) == pytest.approx(20) and q[3] < q[2]
+    # classifier budget alone exceeds the target: it gets half, the others share the rest
+    q = S.smart_ratio_densities(sizes, lin, 21, 0.3)
+    assert sum(d * n for d, n in zip(q, sizes, strict=True)) == pytest.approx(21)
+    assert q[3] * 100 == 10 and q[0] > q[1] > q[2] > 0
 
 
 def test_apportion_is_exact() -> None:

@@ -118,11 +118,29 @@ def _targets(results: Path) -> list[str]:
 
 
 def _run_workflow(args: list[str], env: dict[str, str], timeout: float) -> None:
-    """Run snakemake in the repo root (targets first: --config takes all later words)."""
-    proc = subprocess.run(
-        [*SNAKEMAKE, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    """Run snakemake (targets first: --config takes all later words).
+
+    On timeout snakemake gets SIGTERM first, so it cancels its Slurm jobs and drops its locks.
+    """
+    proc = subprocess.Popen(
+        [*SNAKEMAKE, *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
-    assert proc.returncode == 0, f"snakemake {' '.join(args)} failed:\n{proc.stderr[-6000:]}"
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        pytest.fail(f"snakemake timed out after {timeout} s:\n{out[-6000:]}")
+    assert proc.returncode == 0, f"snakemake {' '.join(args)} failed:\n{out[-6000:]}"
 
 
 def _metrics(results: Path) -> dict[str, dict[str, Any]]:
@@ -150,7 +168,10 @@ def test_workflow_on_slurm_matches_local_run(slurm: SlurmCluster, tmp_path: Path
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
 
     def config(out: Path) -> list[str]:
+        # Own working dir per run: its own .snakemake (locks, metadata) away from the repo's.
         return [
+            "--directory",
+            str(out),
             "--configfile",
             str(CONFIG),
             "--config",

@@ -142,15 +142,23 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
     """Collect run folders into tables (CSV, Markdown, LaTeX)."""
-    from .analysis import write_tables
+    from .analysis import collect_runs
+    from .analysis.tables import write_replication, write_runs_csv, write_table, write_tables
 
-    paths = write_tables(
-        args.runs,
-        args.out,
-        paper_targets=args.paper_targets,
-        datasets=args.dataset or None,
-        models=args.model or None,
-    )
+    if args.summary_only:  # runs.csv + the replication table (the workflow's aggregate rule)
+        runs = collect_runs(args.runs)
+        paths = [write_runs_csv(runs, args.out)]
+        paths += write_replication(args.runs, args.out, args.paper_targets, runs=runs)
+    elif args.dataset and args.model and len(args.dataset) == len(args.model) == 1:
+        paths = write_table(args.runs, args.out, args.dataset[0], args.model[0])
+    else:
+        paths = write_tables(
+            args.runs,
+            args.out,
+            paper_targets=args.paper_targets,
+            datasets=args.dataset or None,
+            models=args.model or None,
+        )
     for p in paths:
         print(p)
     return 0
@@ -204,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--paper-targets", type=Path, default=None)
     s.add_argument("--dataset", action="append", help="restrict to these data sets (repeatable)")
     s.add_argument("--model", action="append", help="restrict to these models (repeatable)")
+    s.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="write only runs.csv and the replication table (no per-grid tables)",
+    )
     s.set_defaults(func=cmd_aggregate)
 
     s = sub.add_parser("plot", help="render one figure from run folders")
@@ -242,10 +255,16 @@ def main(argv: list[str] | None = None) -> int:
     except DivergenceError as exc:
         print(f"hypersparse: error: {exc}", file=sys.stderr)
         return 3
-    except (ConfigError, DataError, CheckpointError, ParamError, SpecMismatchError) as exc:
+    except (
+        ConfigError,
+        DataError,
+        CheckpointError,
+        ParamError,
+        SpecMismatchError,
+    ) as exc:
         print(f"hypersparse: error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, KeyError, FileNotFoundError) as exc:
         print(f"hypersparse: error: {exc}", file=sys.stderr)
         return 2
 

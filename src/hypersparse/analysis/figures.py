@@ -652,12 +652,15 @@ def layer_density(
             linewidths=0.3,
             linecolor="white",
             cbar_kws={
-                "label": "layer density, % of weights kept\n(colour: log scale)",
+                "label": "weights kept in the layer (log scale)",
                 "shrink": 0.8,
             },
             xticklabels=[style.method_label(c) for c in cols],
             yticklabels=ylabels,
         )
+        cbar = ax.collections[0].colorbar
+        cbar.ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{100 * v:g}%"))
+        cbar.ax.yaxis.set_minor_formatter(ticker.NullFormatter())
         for (r, c), v in np.ndenumerate(vals):
             if v == 0:  # masked out of the colour map above; still say "0"
                 ax.text(c + 0.5, r + 0.5, "0", ha="center", va="center", fontsize=7)
@@ -778,8 +781,9 @@ def kernel_patterns(
                 freq, _ = kernel_stats(stages[sname])
                 _annotated_grid(ax, freq)
                 if i == 0:
+                    n_kernels = sum(w.shape[0] * w.shape[1] for w in stages[sname])
                     ax.set_title(
-                        f"{sname}\n({sum(w.shape[0] * w.shape[1] for w in stages[sname])} kernels)",
+                        f"{sname}\n({_short(n_kernels)} kernels)",
                         fontsize=7,
                     )
             axes[i, 0].set_ylabel(style.method_label(meth), rotation=0, ha="right", va="center")

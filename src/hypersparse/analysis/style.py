@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import colorsys
 import hashlib
+import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # figures are files; never open a window (batch / cluster friendly)
+# Figures are files: use the non-interactive Agg backend (batch / cluster friendly), unless
+# the user chose a backend (MPLBACKEND) or works in a notebook.
+if "MPLBACKEND" not in os.environ and "ipykernel" not in sys.modules:
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 PANEL_WIDTH_IN = 3.5  # one column of a two-column paper

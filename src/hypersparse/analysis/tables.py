@@ -26,6 +26,7 @@ from hypersparse.analysis.runs import collect_runs
 from hypersparse.analysis.style import kappa_percent, method_label, sort_methods
 
 DECIMALS = 1
+REP_DECIMALS = 2  # the published table has two decimals
 METRICS: dict[str, str] = {
     "final_test_acc": "Final-epoch test accuracy (%)",
     "best_test_acc": "Best-epoch test accuracy (%), best epoch selected on the test set "
@@ -124,8 +125,9 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     return agg.reset_index(drop=True)
 
 
-def _fmt(x: float) -> str:
-    return f"{x:.{DECIMALS}f}"
+def _fmt(x: float, decimals: int = DECIMALS) -> str:
+    """A number with a fixed number of decimals."""
+    return f"{x:.{decimals}f}"
 
 
 def format_cell(row: pd.Series | None, metric: str, *, latex: bool = False) -> str:
@@ -255,7 +257,7 @@ def _tex_note(note: str) -> str:
     """Escape a footnote but keep its $...$ math marks."""
     parts = note.split("$")
     return "".join(
-        p if i % 2 else tex_escape(p).replace("±", r"$\pm$") for i, p in enumerate(parts)
+        f"${p}$" if i % 2 else tex_escape(p).replace("±", r"$\pm$") for i, p in enumerate(parts)
     )
 
 
@@ -365,10 +367,11 @@ def replication_frame(runs: pd.DataFrame, targets: pd.DataFrame) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
-def _pm(mean: float, std: float) -> str:
+def _pm(mean: float, std: float, decimals: int = DECIMALS) -> str:
+    """'mean ± std' ('mean' for one seed, '' for none)."""
     if _isnan(mean):
         return ""
-    return _fmt(mean) + ("" if _isnan(std) else f" ± {_fmt(std)}")
+    return _fmt(mean, decimals) + ("" if _isnan(std) else f" ± {_fmt(std, decimals)}")
 
 
 def write_replication(
@@ -398,19 +401,20 @@ def write_replication(
         "|:--|:--|:--|--:|--:|--:|--:|--:|--:|",
     ]
     for _, r in rep.iterrows():
-        ours = _pm(r["ours_mean"], r["ours_std"])
+        ours = _pm(r["ours_mean"], r["ours_std"], REP_DECIMALS)
         if r["n_seeds"] == 0 and r["n_failed"] > 0:
             ours = "failed"
         elif ours and r["n_failed"] > 0:
             ours += MARK_FAILED
         if ours and _is_false(r["sparsity_ok_all"]):
             ours += MARK_SPARSITY
-        diff = "" if _isnan(r["diff"]) else f"{r['diff']:+.{DECIMALS}f}"
+        diff = "" if _isnan(r["diff"]) else f"{r['diff']:+.{REP_DECIMALS}f}"
         n = str(r["n_seeds"]) if r["n_seeds"] or r["n_failed"] else ""
         md.append(
             f"| {r['dataset']} | {r['model']} | {method_label(r['method'])} | "
-            f"{kappa_percent(r['kappa'])} | {_fmt(r['published'])} | {ours} | {diff} | {n} | "
-            f"{_pm(r['ours_final_mean'], r['ours_final_std'])} |"
+            f"{kappa_percent(r['kappa'])} | {_fmt(r['published'], REP_DECIMALS)} | {ours} | "
+            f"{diff} | {n} | "
+            f"{_pm(r['ours_final_mean'], r['ours_final_std'], REP_DECIMALS)} |"
         )
     md.append("")
     md += [f"- {n}" for n in FOOTNOTES[1:]]

@@ -33,6 +33,7 @@ from torch import nn
 from .. import masks as M
 from ..engine import Hooks, Phase, Trainer
 from ..io import atomic_torch_save, load_state_dict_checked, safe_torch_load
+from ..regularizers import REGULARIZERS
 from . import art_trace as T
 from .base import Method, load_dense_weights, register
 
@@ -175,12 +176,6 @@ class ArtSelector:
         self.candidate = dict(state["candidate"]) if state["candidate"] else None
 
 
-def _regularizer(name: str) -> Any:
-    from ..regularizers import REGULARIZERS
-
-    return REGULARIZERS[name]
-
-
 class ArtHooks(Hooks):
     """The ART phase: regularised loss, per-epoch pruned evaluation, selection, trace."""
 
@@ -193,7 +188,7 @@ class ArtHooks(Hooks):
         self.trace = T.ArtTrace()
         self.stopped = False
         self.last: dict[str, Any] = {}  # the last epoch's numbers
-        self._reg = _regularizer(p.regularizer)
+        self._reg = REGULARIZERS[p.regularizer]
         self._loader: Any = None
 
     def on_phase_start(self, trainer: Trainer) -> None:
@@ -354,13 +349,13 @@ class AdaptiveRegularizedTraining(Method):
     def write_failure_outputs(self, run_dir: Path) -> None:
         """Trace files with the epochs recorded before the failure (possibly none)."""
         run_dir = Path(run_dir)
-        if (run_dir / "art_trace.csv").exists() and (run_dir / "art_trace.npz").exists():
-            return
         hooks = self._hooks
-        if hooks is None:
+        if (run_dir / "art_trace.csv").exists() and (run_dir / "art_trace.npz").exists():
+            pass  # ART finished; fine-tuning failed: the trace is complete but magnitudes_final
+        elif hooks is None:
             T.write_trace_files(run_dir, [], T.ArtTrace().arrays(self.spec.kappa, None, None))
-            return
-        cand = hooks.selector.candidate
-        last = hooks.last.get("epoch")
-        hooks.write_trace(None if cand is None else int(cand["epoch"]), last)
+        else:
+            cand = hooks.selector.candidate
+            hooks.write_trace(None if cand is None else int(cand["epoch"]), hooks.last.get("epoch"))
+        (run_dir / CANDIDATE_FILE).unlink(missing_ok=True)  # the run is over: drop resume files
         T.remove_work_dir(run_dir)

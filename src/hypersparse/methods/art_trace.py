@@ -22,6 +22,7 @@ from torch import nn
 
 from .. import masks as M
 from ..io import _atomic, atomic_torch_save, atomic_write_text, safe_torch_load
+from ..regularizers import hypersparse_grad
 
 GRAD_QUANTILES = np.linspace(0.5, 1.0, 512)  # relative ranks in ascending sorted |w|
 MAG_QUANTILES = np.linspace(0.0, 1.0, 1024)
@@ -104,8 +105,6 @@ class ArtTrace:
         kappa: float,
     ) -> None:
         """Append one epoch: ``row`` holds the scalar CSV fields; ``masks`` is the top set."""
-        from ..regularizers import hypersparse_grad
-
         named = M.prunable_named_weights(model)
         if not self.layer_names:
             self.layer_names = [n for n, _ in named]

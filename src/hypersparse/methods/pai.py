@@ -190,7 +190,9 @@ class SmartRatio(_PruneAtInit):
     from the end), divided by l^2 for VGG (index_decay); the classifier keeps
     floor(0.3 n_fc); one factor scales the others to (1-kappa)N kept in total; ratios above 1
     are capped and the excess moves on to the next layers. Counts per layer: largest-remainder
-    rounding of p_l n_l to an exact global total; the positions are uniformly random.
+    rounding of p_l n_l to an exact global total; the positions are uniformly random. Where
+    the classifier's fixed budget alone reaches (1-kappa)N it gets half of it instead (see
+    :func:`~hypersparse.methods.pai_scores.smart_ratio_densities`).
     """
 
     family = "smart_ratio"

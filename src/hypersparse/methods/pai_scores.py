@@ -227,8 +227,10 @@ def smart_ratio_densities(
     divided by l^2 when ``index_decay`` (VGG); Linear layers keep floor(linear_keep_ratio * n_l)
     weights. c makes sum_l p_l n_l = keep. Ratios above 1 are capped and the excess moves on to
     the following layers in order (filling each up to 1, wrapping round, the classifier last).
-    Fallback (documented deviation): if the fixed classifier budget alone reaches ``keep``
-    (extreme sparsity, many classes) the classifier is treated like the other layers.
+    Fallback (deviation; the authors' code breaks there): if the fixed classifier budget alone
+    reaches ``keep`` (extreme sparsity with many classes, e.g. ResNet-32 on CIFAR-100 at
+    99.8%), the classifier gets floor(keep/2) weights and the other layers share the rest, so
+    neither part is disconnected. A network of Linear layers only follows the formula throughout.
     """
     n_layers = len(sizes)
     raw = [float((n_layers - i) ** 2 + (n_layers - i)) for i in range(n_layers)]
@@ -238,8 +240,11 @@ def smart_ratio_densities(
         math.floor(linear_keep_ratio * n) if lin else None
         for n, lin in zip(sizes, is_linear, strict=True)
     ]
-    if keep - sum(f for f in fixed if f is not None) <= 0 or all(lin for lin in is_linear):
+    if all(is_linear):
         fixed = [None] * n_layers
+    budget = sum(f for f in fixed if f is not None)
+    if budget >= keep:
+        fixed = [None if f is None else f * (keep // 2) // budget for f in fixed]
     free = [i for i in range(n_layers) if fixed[i] is None]
     goal = keep - sum(f for f in fixed if f is not None)
     scale = goal / sum(raw[i] * sizes[i] for i in free)
