@@ -143,8 +143,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = ap.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    device = f"cpu ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads"
-    print(f"device: {device}; torch {torch.__version__}; batch {args.batch}; 32 px; kappa {PRUNE_RATE}")
+    device = (
+        f"cpu ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads"
+    )
+    print(
+        f"device: {device}; torch {torch.__version__}; batch {args.batch}; 32 px; kappa {PRUNE_RATE}"
+    )
     rows = []
     header = (
         f"{'model':10s} {'N':>11s} {'none ms':>9s} {'ours ms':>9s} {'sort ms':>9s} "

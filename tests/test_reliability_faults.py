@@ -139,6 +139,11 @@ def killed_grid(tmp_path_factory):
     in_progress = [r for r in omp if (r / "ckpt" / "last.pt").exists()
                    and not (r / "metrics.json").exists()]
     before = snapshot(*finished, tmp / "data")
+    # A killed Snakemake leaves its directory lock behind (it cannot tell a dead holder from a
+    # live one); `--unlock` is Snakemake's documented way out, then the same command again.
+    unlock = subprocess.run([*cmd, "--unlock"], cwd=tmp, env=python_env(), capture_output=True,
+                            text=True, timeout=300)
+    assert unlock.returncode == 0, unlock.stderr[-3000:]
     again = subprocess.run(cmd, cwd=tmp, env=python_env(), capture_output=True, text=True,
                            timeout=900)
     return res, finished, in_progress, before, again

@@ -184,7 +184,7 @@ def test_workflow_on_slurm_matches_local_run(slurm: SlurmCluster, tmp_path: Path
     _run_workflow(
         [*_targets(on_slurm / "results"), "--workflow-profile", str(profile), *config(on_slurm)],
         env,
-        timeout=300,
+        timeout=480,
     )
     slurm_s = time.monotonic() - start
     print(f"slurm run: {slurm_s:.1f} s")
@@ -201,7 +201,7 @@ def test_workflow_on_slurm_matches_local_run(slurm: SlurmCluster, tmp_path: Path
     _run_workflow(
         [*_targets(local / "results"), "--cores", "2", *config(local)],  # default profile
         env,
-        timeout=300,
+        timeout=480,
     )
 
     slurm_runs, local_runs = _metrics(on_slurm / "results"), _metrics(local / "results")

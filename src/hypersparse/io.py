@@ -17,7 +17,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is unreadable, corrupt or does not fit the model it is loaded into."""
 
 
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Write through a temp file in the same folder, fsync, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,7 +34,7 @@ def _atomic(path: Path, write: Callable[[str], None]) -> None:
             os.unlink(tmp)
 
 
-TEMP_GLOB = ".*.tmp"  # the names _atomic gives its temp files: .<name>.<random>.tmp
+TEMP_GLOB = ".*.tmp"  # the names atomic_write gives its temp files: .<name>.<random>.tmp
 
 
 def remove_stale_temp_files(folder: Path) -> list[Path]:
@@ -59,7 +59,7 @@ def atomic_write_text(path: Path, text: str) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
 
-    _atomic(Path(path), write)
+    atomic_write(Path(path), write)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -69,7 +69,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
     """torch.save through a temp file + rename."""
-    _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+    atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
 def safe_torch_load(path: Path, map_location: str | torch.device = "cpu") -> Any:

@@ -88,9 +88,12 @@ def topk_masks_from_scores(
         raise ValueError(f"cannot keep {keep} of {n} weights")
     keep_flat = torch.zeros(n, dtype=torch.bool, device=flat.device)
     if keep > 0:
-        # A stable descending sort makes tie-breaking depend on position only.
-        order = torch.sort(flat, descending=True, stable=True).indices
-        keep_flat[order[:keep]] = True
+        # Selection, not a sort: everything above the keep-th largest value survives, and of
+        # the entries equal to it the earliest positions fill the remaining places.
+        thr = kth_smallest(flat, n - keep)
+        keep_flat = flat > thr
+        ties = torch.nonzero(flat == thr).flatten()
+        keep_flat[ties[: keep - int(keep_flat.sum())]] = True
     masks: Masks = {}
     offset = 0
     for name, s in items:

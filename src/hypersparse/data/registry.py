@@ -9,7 +9,6 @@ is `prepared_s<size>_seed<seed>` so different variants never overwrite each othe
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 from typing import Any
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +39,7 @@ from . import art_trace as T
 from .base import Method, load_dense_weights, register
 
 CANDIDATE_FILE = "art_candidate.pt"
+log = logging.getLogger("hypersparse")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,6 +240,13 @@ class ArtHooks(Hooks):
             masks,
             self.kappa,
         )
+        log.info(
+            "art epoch %d: alpha %.3g, pruned train acc %.2f, window mean %.2f, candidate %s, "
+            "dense train acc %.2f%s",
+            epoch, alpha_at(self.p, epoch), acc, self.selector.window_mean,
+            None if cand is None else cand["epoch"], row["train_acc"],
+            " -> ART terminates" if self.stopped else "",
+        )
         return self.stopped
 
     def final_candidate(self) -> dict[str, Any]:
@@ -265,6 +274,12 @@ class ArtHooks(Hooks):
 
     def on_phase_end(self, trainer: Trainer) -> dict[str, Any]:
         summary = self.summary()
+        if not summary["converged"]:
+            log.warning(
+                "ART did not terminate within max_art_epochs=%d; fine-tuning the best candidate "
+                "so far (epoch %d); metrics record art.converged = false",
+                self.p.max_art_epochs, summary["selected_epoch"],
+            )
         sel = summary["selected_epoch"]
         state = self.pruned[sel]
         atomic_torch_save(

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .. import masks as M
-from ..io import _atomic, atomic_torch_save, atomic_write_text, safe_torch_load
+from ..io import atomic_torch_save, atomic_write, atomic_write_text, safe_torch_load
 from ..regularizers import hypersparse_grad
 
 GRAD_QUANTILES = np.linspace(0.5, 1.0, 512)  # relative ranks in ascending sorted |w|
@@ -232,7 +232,7 @@ def write_trace_files(run_dir: Path, rows: list[dict[str, Any]], arrays: dict[st
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
 
-    _atomic(run_dir / "art_trace.npz", save)
+    atomic_write(run_dir / "art_trace.npz", save)
 
 
 def update_final_magnitudes(run_dir: Path, model: nn.Module) -> None:
@@ -246,7 +246,7 @@ def update_final_magnitudes(run_dir: Path, model: nn.Module) -> None:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
 
-    _atomic(path, save)
+    atomic_write(path, save)
 
 
 def remove_work_dir(run_dir: Path) -> None:

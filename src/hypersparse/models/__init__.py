@@ -59,7 +59,9 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, width: float 
     """Build a freshly initialised model by name (init depends only on the torch RNG state)."""
     family, depth = parse_model_name(name)
     if num_classes < 1 or in_channels < 1:
-        raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes}, {in_channels}")
+        raise ValueError(
+            f"num_classes and in_channels must be >= 1, got {num_classes}, {in_channels}"
+        )
     if not width > 0:
         raise ValueError(f"width must be > 0, got {width}")
     cls = ResNet if family == "resnet" else VGG

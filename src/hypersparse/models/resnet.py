@@ -49,9 +49,7 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6 != 0:
-            raise ValueError(
-                f"ResNet depth must be 6n+2, e.g. 8, 14, 20, 32, 56; got {depth}"
-            )
+            raise ValueError(f"ResNet depth must be 6n+2, e.g. 8, 14, 20, 32, 56; got {depth}")
         n = (depth - 2) // 6
         chans = [scaled_channels(c, width) for c in (32, 64, 128)]
         self.depth = depth

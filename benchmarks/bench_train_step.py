@@ -1,0 +1,316 @@
+"""Full training step, data included: images/second of the project's path vs the authors' style.
+
+One step = next batch -> forward -> cross-entropy (+ alpha * HyperSparse) -> backward -> SGD
+step (momentum 0.9, weight decay 1e-4), batch 64, 32 px, 10 classes, synthetic CIFAR-sized uint8
+data (50,000 images by default) generated in-process. Both paths train the project's own model
+(hypersparse.models.build_model, same init), so the difference is the pipeline around it:
+  project    - BatchLoader on the uint8 tensor (batch-wise augmentation on the device), the
+               engine's step (Trainer._train_epoch: CE on float logits, hypersparse_loss by
+               selection, zero_grad(set_to_none), on-device loss/accuracy sums, no syncs);
+               on CUDA channels_last + cudnn.benchmark like the engine, optional --bf16
+               (autocast) and --compile (torch.compile of the model)
+  reference  - the authors' pipeline rebuilt from stock parts: PIL-per-item Dataset +
+               Compose([RandomCrop(32, 4), RandomHorizontalFlip(), ToTensor(), Normalize]) +
+               DataLoader(batch 64, shuffle, num_workers=4); per step .to(device), loss and
+               top-1/top-5 .item() (their train loop), HS threshold by torch.sort of all |w|
+               (value sum|w| * T / stopgrad(T) - sum|w|); NCHW, fp32
+Blocks of steps are interleaved (order rotated per round); a block's time / steps is one
+sample, the median over blocks is reported. Iterators persist across blocks (a worker pool in
+steady state has at most one batch in flight while the other path runs).
+Seconds per epoch are extrapolated: iterator start-up (measured) + ceil(N / 64) steps at the
+median step time (--full-epoch times one real epoch per path instead; sensible on a GPU).
+Memory per path: a fresh subprocess per (model, path): peak RSS of the process, the largest
+peak RSS among its DataLoader workers, torch.cuda.max_memory_allocated.
+
+    python benchmarks/bench_train_step.py [--quick] [--device auto] [--models resnet32 vgg19]
+        [--bf16] [--compile] [--reg hs|none] [--threads N] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common as C  # noqa: E402
+from bench_hs_overhead import authors_sort_hs  # noqa: E402  (the authors' sort-based HS)
+
+from hypersparse.data import BatchLoader  # noqa: E402
+from hypersparse.masks import prunable_weights  # noqa: E402
+from hypersparse.models import build_model  # noqa: E402
+from hypersparse.regularizers import hypersparse_loss  # noqa: E402
+
+SCRIPT = Path(__file__).resolve()
+ALPHA = 5e-6  # lambda_init of the authors' code: the size does not change the cost
+KAPPA = 0.9
+LR, MOMENTUM, WD = 0.1, 0.9, 1e-4
+TARGET_CPU, TARGET_GPU = 1.0, 5.0  # project / reference, from the "Performance" issue
+
+
+def _model(name: str, width: float, device: torch.device) -> torch.nn.Module:
+    """The same initial model for both paths (seeded), on the device."""
+    torch.manual_seed(0)
+    return build_model(name, 10, width=width).to(device)
+
+
+def project_path(args: argparse.Namespace, name: str, device: torch.device
+                 ) -> tuple[Callable[[], None], Callable[[], float]]:
+    """(one training step, iterator start-up -> s) of the project's engine-style path."""
+    loader = BatchLoader(C.project_data(args.n), C.CIFAR10_INFO, args.batch, train=True,
+                         device=device, seed=0)
+    model = _model(name, args.width, device)
+    cuda = device.type == "cuda"
+    if cuda:  # as Trainer.__init__ does
+        torch.backends.cudnn.benchmark = True
+        model = model.to(memory_format=torch.channels_last)
+    weights = prunable_weights(model)
+    fwd = torch.compile(model) if args.compile else model
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
+    amp = args.bf16 and cuda
+    st: dict[str, Any] = {"epoch": 0, "it": None,
+                          "loss_sum": torch.zeros((), device=device),
+                          "correct": torch.zeros((), dtype=torch.long, device=device)}
+
+    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        if st["it"] is None:
+            loader.set_epoch(st["epoch"])
+            st["it"] = iter(loader)
+        try:
+            return next(st["it"])
+        except StopIteration:
+            st["epoch"] += 1
+            st["it"] = None
+            return next_batch()
+
+    def step() -> None:
+        x, y = next_batch()
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = fwd(x)
+            loss = F.cross_entropy(out.float(), y)
+        total = loss + ALPHA * hypersparse_loss(weights, KAPPA) if args.reg == "hs" else loss
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        st["loss_sum"] += loss.detach() * y.numel()
+        st["correct"] += (out.detach().argmax(1) == y).sum()
+
+    def startup() -> float:
+        def work() -> None:
+            loader.set_epoch(10_000)
+            next(iter(loader))
+
+        return C.timed(work, device)
+
+    return step, startup
+
+
+def reference_path(args: argparse.Namespace, name: str, device: torch.device
+                   ) -> tuple[Callable[[], None], Callable[[], float]]:
+    """(one training step, iterator start-up -> s) of the authors'-style path."""
+    ds = C.reference_dataset(args.n)
+    loader = C.reference_loader(ds, args.batch, args.workers)
+    model = _model(name, args.width, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # the authors' train.py sets it too
+    weights = prunable_weights(model)
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
+    st: dict[str, Any] = {"it": None, "meters": [0.0, 0.0, 0.0]}
+
+    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        if st["it"] is None:
+            st["it"] = iter(loader)
+        try:
+            return next(st["it"])
+        except StopIteration:
+            st["it"] = None
+            return next_batch()
+
+    def step() -> None:
+        x, y = next_batch()
+        x, y = x.to(device), y.to(device)
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+        top5 = out.detach().topk(5, 1).indices == y[:, None]
+        st["meters"][0] += loss.item()
+        st["meters"][1] += top5[:, 0].float().mean().item()
+        st["meters"][2] += top5.any(1).float().mean().item()
+        opt.zero_grad()
+        if args.reg == "hs":
+            loss = loss + ALPHA * authors_sort_hs(weights, KAPPA)
+        loss.backward()
+        opt.step()
+
+    def startup() -> float:
+        def work() -> None:
+            it = iter(loader)
+            next(it)
+            del it
+
+        return C.timed(work, device)
+
+    return step, startup
+
+
+PATHS = {"project": project_path, "reference": reference_path}
+
+
+def block_runner(step: Callable[[], None], k: int, device: torch.device) -> Callable[[], float]:
+    """A block of k steps -> mean seconds per step (synced)."""
+    return lambda: C.timed(lambda: [step() for _ in range(k)], device) / k
+
+
+def full_epoch_s(step: Callable[[], None], steps: int, device: torch.device) -> float:
+    """Seconds for `steps` consecutive steps (one real epoch when steps = batches per epoch)."""
+    return C.timed(lambda: [step() for _ in range(steps)], device)
+
+
+def bench_model(args: argparse.Namespace, name: str, device: torch.device) -> list[dict]:
+    """Interleaved timing of both paths for one model; one row per path."""
+    made = {}
+    startups = {}
+    for p, make in PATHS.items():
+        step, startup = make(args, name, device)
+        startups[p] = C.median([startup() for _ in range(2)])
+        made[p] = step
+    warm = 3 if args.compile else 2
+    for step in made.values():
+        for _ in range(warm):
+            step()
+    samples = C.interleave({p: block_runner(s, args.block, device) for p, s in made.items()},
+                           args.rounds)
+    steps_per_epoch = math.ceil(args.n_epoch / args.batch)
+    rows = []
+    for p, vals in samples.items():
+        ms = 1e3 * C.median(vals)
+        row = {
+            "model": name,
+            "path": p,
+            "ms_per_step": ms,
+            "images_per_s": args.batch / (ms / 1e3),
+            "spread_ms": [1e3 * min(vals), 1e3 * max(vals)],
+            "blocks": len(vals),
+            "steps_per_block": args.block,
+            "startup_s": startups[p],
+            "steps_per_epoch": steps_per_epoch,
+            "epoch_s": startups[p] + steps_per_epoch * ms / 1e3,
+            "epoch_s_how": f"extrapolated: start-up + {steps_per_epoch} x median step",
+        }
+        if args.full_epoch:
+            row["epoch_s"] = full_epoch_s(made[p], steps_per_epoch, device) + startups[p]
+            row["epoch_s_how"] = f"measured: {steps_per_epoch} consecutive steps + start-up"
+        rows.append(row)
+    return rows
+
+
+def child_main(args: argparse.Namespace, device: torch.device) -> None:
+    """One (model, path) in this fresh process: a few steps, then the memory report as JSON."""
+    name, path = args.child.split(":")
+    C.reset_gpu_peak(device)
+    step, _ = PATHS[path](args, name, device)
+    for _ in range(args.block + 2):
+        step()
+    print(json.dumps({"model": name, "path": path, **C.memory_report(device)}))
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Parse options, run the benchmark, print the table (and JSON if asked)."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny run (seconds): smoke test")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    ap.add_argument("--models", nargs="+", default=["resnet32", "vgg19"])
+    ap.add_argument("--width", type=float, default=None, help="model width (1; --quick: 0.25)")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--n", type=int, default=None, help="images held in memory (50000)")
+    ap.add_argument("--epoch-images", dest="n_epoch", type=int, default=50_000,
+                    help="epoch size for the seconds-per-epoch column")
+    ap.add_argument("--block", type=int, default=None, help="steps per block (3)")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (4)")
+    ap.add_argument("--workers", type=int, default=None, help="reference workers (4)")
+    ap.add_argument("--reg", choices=["hs", "none"], default="hs",
+                    help="regulariser in both paths (hs: ours vs sort-based)")
+    ap.add_argument("--bf16", action="store_true", help="project path: bf16 autocast (CUDA)")
+    ap.add_argument("--compile", action="store_true", help="project path: torch.compile")
+    ap.add_argument("--full-epoch", action="store_true", help="time one real epoch per path")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument("--memory", choices=["subprocess", "off"], default=None,
+                    help="per-path peak memory in fresh subprocesses (default: on unless --quick)")
+    ap.add_argument("--json", default=None, help="also write rows + metadata to this file")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    q = args.quick
+    args.width = args.width or (0.25 if q else 1.0)
+    args.n = args.n or (1024 if q else 50_000)
+    args.block = args.block or (1 if q else 3)
+    args.rounds = args.rounds or (2 if q else 4)
+    args.workers = args.workers if args.workers is not None else (2 if q else 4)
+    args.memory = args.memory or ("off" if q else "subprocess")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = C.resolve_device(args.device)
+    if args.child:
+        child_main(args, device)
+        return []
+    opts = [o for o, on in (("bf16", args.bf16 and device.type == "cuda"),
+                            ("compile", args.compile)) if on]
+    meta = C.print_header(
+        "training step incl. data: project vs authors'-style reference", device,
+        f" | batch {args.batch}, width {args.width}, N={args.n}, reg {args.reg}, "
+        f"{args.rounds} rounds x {args.block} steps, ref workers {args.workers}, "
+        f"project extras: {', '.join(opts) or 'none'}")
+    if args.bf16 and device.type != "cuda":
+        print("note: --bf16 only applies on CUDA (as in the engine); ignored on CPU")
+    print(f"{'model':9s} {'path':9s} {'ms/step':>9s} {'img/s':>8s} {'min..max ms':>15s} "
+          f"{'s/epoch':>8s} {'RSS MiB':>8s} {'wkr RSS':>8s} {'GPU MiB':>8s}", flush=True)
+    rows: list[dict[str, Any]] = []
+    target = TARGET_GPU if device.type == "cuda" else TARGET_CPU
+    for name in args.models:
+        model_rows = bench_model(args, name, device)
+        if args.memory == "subprocess":
+            for row in model_rows:
+                child = ["--child", f"{name}:{row['path']}", "--device", str(device),
+                         "--n", str(args.n), "--width", str(args.width), "--batch",
+                         str(args.batch), "--block", str(args.block), "--workers",
+                         str(args.workers), "--reg", args.reg, "--threads", str(args.threads)]
+                child += ["--bf16"] if args.bf16 else []
+                child += ["--compile"] if args.compile else []
+                row.update(C.run_child(SCRIPT, child))
+        for row in model_rows:
+            lo, hi = row["spread_ms"]
+            print(f"{name:9s} {row['path']:9s} {row['ms_per_step']:9.1f} "
+                  f"{row['images_per_s']:8.1f} {f'{lo:.0f}..{hi:.0f}':>15s} "
+                  f"{row['epoch_s']:8.1f} {C.fmt_mib(row.get('peak_rss_mib')):>8s} "
+                  f"{C.fmt_mib(row.get('child_peak_rss_mib')):>8s} "
+                  f"{C.fmt_mib(row.get('gpu_peak_mib')):>8s}")
+        ratio = model_rows[1]["ms_per_step"] / model_rows[0]["ms_per_step"]
+        for row in model_rows:
+            row["speedup_project_over_reference"] = ratio
+            row["device"] = meta["device"]
+        verdict = "met" if ratio >= target else "MISSED"
+        print(f"{name:9s} speed-up project / reference: {ratio:.2f}x (target >= {target:g}x on "
+              f"{device.type}: {verdict})", flush=True)
+        rows.extend(model_rows)
+    print(f"s/epoch: {rows[0]['epoch_s_how']} (N={args.n_epoch}); RSS: peak of a fresh "
+          "process running one path; wkr RSS: largest peak among its DataLoader workers")
+    meta["load_avg_end"] = [round(v, 2) for v in C.load_average()]
+    print(f"load average at end: {meta['load_avg_end']} | device {meta['device']}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    t0 = time.perf_counter()
+    main()
+    print(f"wall {time.perf_counter() - t0:.0f} s")

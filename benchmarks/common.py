@@ -1,0 +1,266 @@
+"""Shared helpers of the benchmark scripts: devices, timing, memory, synthetic data, reference path.
+
+Not part of the package and not a test: the scripts in this folder import it as a sibling
+module. Timing is interleaved (blocks of work per path, the order rotated every round) and
+summarised by medians, so machine load hits every path alike. Memory per path is measured in
+a fresh subprocess (the script re-runs itself with ``--child``): peak RSS of that process via
+``resource.getrusage`` (Linux: KiB), the largest peak RSS among its reaped children (DataLoader
+workers), and ``torch.cuda.max_memory_allocated`` on CUDA.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from hypersparse.data import DatasetInfo, ImageData
+
+REPO = Path(__file__).resolve().parents[1]
+
+CIFAR10_INFO = DatasetInfo(
+    name="synthetic-cifar10",
+    num_classes=10,
+    in_channels=3,
+    image_size=32,
+    mean=(0.4914, 0.4822, 0.4465),
+    std=(0.2023, 0.1994, 0.2010),
+    pad=4,
+    hflip=True,
+)
+
+# ----------------------------------------------------------------------------- devices
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when present, else CPU; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def device_string(device: torch.device) -> str:
+    """A one-line description of the device the numbers come from."""
+    if device.type == "cuda":
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{idx} ({torch.cuda.get_device_name(idx)})"
+    cpu = platform.processor() or platform.machine()
+    return f"cpu ({cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()})"
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued device work, so wall-clock timings mean what they say."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def load_average() -> tuple[float, float, float]:
+    """os.getloadavg() (1, 5, 15 min), or zeros where unsupported."""
+    try:
+        return os.getloadavg()
+    except OSError:  # pragma: no cover - not on Linux
+        return (0.0, 0.0, 0.0)
+
+
+def git_state() -> str:
+    """Short HEAD hash plus the number of modified/untracked paths (read-only git calls)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (no git)"
+    return f"{head}" + (f" + {len(dirty)} uncommitted paths" if dirty else " (clean)")
+
+
+def print_header(title: str, device: torch.device, extra: str = "") -> dict[str, Any]:
+    """Print date, command, device, load and git state; return them as a dict."""
+    meta = {
+        "title": title,
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "device": device_string(device),
+        "torch": torch.__version__,
+        "load_avg_start": [round(v, 2) for v in load_average()],
+        "git": git_state(),
+    }
+    print(f"== {title}")
+    print(f"date {meta['date']} | command: python {meta['command']}")
+    print(f"device: {meta['device']} | torch {meta['torch']} | git {meta['git']}")
+    print(f"load average (1/5/15 min) at start: {meta['load_avg_start']}" + extra, flush=True)
+    return meta
+
+
+# ------------------------------------------------------------------------------ timing
+
+
+def median(values: Sequence[float]) -> float:
+    """Median of a non-empty sequence."""
+    return float(statistics.median(values))
+
+
+def interleave(blocks: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Run each path's block once per round, rotating the order; collect what each returns."""
+    names = list(blocks)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            out[name].append(blocks[name]())
+    return out
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    """Wall seconds of fn(), with device syncs on both sides."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------ memory
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (MiB; Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def children_peak_rss_mib() -> float:
+    """Largest peak RSS among reaped child processes (e.g. DataLoader workers), MiB."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+
+
+def reset_gpu_peak(device: torch.device) -> None:
+    """Start a fresh torch.cuda.max_memory_allocated window (no-op on CPU)."""
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def gpu_peak_mib(device: torch.device) -> float | None:
+    """torch.cuda.max_memory_allocated in MiB, or None on CPU."""
+    if device.type != "cuda":
+        return None
+    sync(device)
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def memory_report(device: torch.device) -> dict[str, float | None]:
+    """Peak RSS (self, largest child) and peak GPU allocation of this process, MiB."""
+    return {
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "child_peak_rss_mib": round(children_peak_rss_mib(), 1),
+        "gpu_peak_mib": None if (g := gpu_peak_mib(device)) is None else round(g, 1),
+    }
+
+
+def run_child(script: Path, args: Sequence[str], timeout: float = 900.0) -> dict[str, Any]:
+    """Run ``python script *args`` and parse the JSON object on its last stdout line."""
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {script.name} {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def fmt_mib(v: float | None) -> str:
+    """'123' or '-' for a missing value."""
+    return "-" if v is None else f"{v:,.0f}"
+
+
+# ---------------------------------------------------------------------- synthetic data
+
+
+def synthetic_uint8(n: int, seed: int = 0, layout: str = "nchw", size: int = 32,
+                    channels: int = 3) -> np.ndarray:
+    """n random uint8 images (CIFAR-sized), filled chunk-wise so no second full copy exists."""
+    shape = (n, channels, size, size) if layout == "nchw" else (n, size, size, channels)
+    out = np.empty(shape, dtype=np.uint8)
+    rng = np.random.default_rng(seed)
+    for lo in range(0, n, 4096):
+        hi = min(n, lo + 4096)
+        out[lo:hi] = rng.integers(0, 256, size=(hi - lo, *shape[1:]), dtype=np.uint8)
+    return out
+
+
+def synthetic_labels(n: int, num_classes: int = 10, seed: int = 1) -> np.ndarray:
+    """n random int64 labels."""
+    return np.random.default_rng(seed).integers(0, num_classes, size=n, dtype=np.int64)
+
+
+def project_data(n: int, seed: int = 0) -> ImageData:
+    """The project's representation: uint8 [N, C, H, W] tensor + int64 labels."""
+    return ImageData(torch.from_numpy(synthetic_uint8(n, seed, "nchw")),
+                     torch.from_numpy(synthetic_labels(n)))
+
+
+# ------------------------------------------------------------ reference (authors' style)
+
+
+class PilArrayDataset(Dataset):
+    """torchvision CIFAR10-style data set: HWC uint8 array, PIL image per item, transform."""
+
+    def __init__(self, data: np.ndarray, targets: np.ndarray, transform: Callable) -> None:
+        """Keep the HWC uint8 array and int labels, like torchvision's CIFAR10."""
+        self.data = data
+        self.targets = [int(t) for t in targets]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        """Number of images."""
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        """Image.fromarray then the transform, as torchvision.datasets.CIFAR10 does."""
+        from PIL import Image
+
+        img = Image.fromarray(self.data[index])
+        return self.transform(img), self.targets[index]
+
+
+def reference_transform(info: DatasetInfo = CIFAR10_INFO) -> Callable:
+    """The authors' training transform: RandomCrop(pad 4) + flip + ToTensor + Normalize."""
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.RandomCrop(info.image_size, padding=info.pad),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(info.mean, info.std),
+    ])
+
+
+def reference_dataset(n: int, seed: int = 0) -> PilArrayDataset:
+    """Synthetic CIFAR-sized data in the reference's representation (same pixels as ours)."""
+    return PilArrayDataset(synthetic_uint8(n, seed, "nhwc"), synthetic_labels(n),
+                           reference_transform())
+
+
+def reference_loader(ds: Dataset, batch_size: int, workers: int, pin_memory: bool = False
+                     ) -> DataLoader:
+    """torch DataLoader as the authors build it (shuffle, `workers` processes)."""
+    return DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
+                      pin_memory=pin_memory)
+
+
+def prefetch_depth(loader: DataLoader) -> int:
+    """Batches a fresh multi-worker iterator prepares ahead (workers x prefetch_factor)."""
+    if loader.num_workers == 0:
+        return 0
+    return loader.num_workers * (loader.prefetch_factor or 2)
