@@ -39,7 +39,7 @@ TARGET_RATIO = 10.0  # project vs ref-w4 on the 2-core CPU (issue "Performance")
 
 
 def project_block(device: torch.device, n: int, batch: int, seed: int = 0
-                  ) -> tuple[Callable[[int], float], Callable[[], float]]:
+                  ) -> tuple[Callable[[int], float], Callable[[], float], Callable[[], list]]:
     """(run k batches -> seconds, start-up -> seconds) for the project's BatchLoader."""
     loader = BatchLoader(C.project_data(n, seed), C.CIFAR10_INFO, batch, train=True,
                          device=device, seed=seed)
@@ -70,11 +70,11 @@ def project_block(device: torch.device, n: int, batch: int, seed: int = 0
 
         return C.timed(work, device)
 
-    return run, startup
+    return run, startup, list
 
 
 def reference_block(device: torch.device, n: int, batch: int, workers: int, seed: int = 0
-                    ) -> tuple[Callable[[int], float], Callable[[], float]]:
+                    ) -> tuple[Callable[[int], float], Callable[[], float], Callable[[], list]]:
     """(run k steady-state batches -> seconds, start-up -> seconds) for the DataLoader path."""
     ds = C.reference_dataset(n, seed)
     loader = C.reference_loader(ds, batch, workers, pin_memory=False)
@@ -101,7 +101,16 @@ def reference_block(device: torch.device, n: int, batch: int, workers: int, seed
 
         return C.timed(work, device)
 
-    return run, startup
+    def live_workers() -> list[int]:
+        """Start an iterator, let it reach steady state, return its worker PIDs (kept alive)."""
+        it = iter(loader)
+        for _ in range(skip + 4):
+            fetch(it)
+        keep.append(it)
+        return C.worker_pids(it)
+
+    keep: list[Iterator] = []
+    return run, startup, live_workers
 
 
 def measure(args: argparse.Namespace, device: torch.device, paths: Sequence[str]
@@ -120,7 +129,7 @@ def measure(args: argparse.Namespace, device: torch.device, paths: Sequence[str]
     rates = C.interleave(blocks, args.rounds)
     rows = []
     for p in paths:
-        startup = C.median([makers[p][1]() for _ in range(2 if args.quick else 3)])
+        startup = C.median([makers[p][1]() for _ in range(1 if args.quick else 3)])
         bps = C.median(rates[p])
         rows.append({
             "path": p,
@@ -140,12 +149,12 @@ def child_main(args: argparse.Namespace, device: torch.device) -> None:
     C.reset_gpu_peak(device)
     path = args.child
     if path == "project":
-        run, _ = project_block(device, args.n, args.batch)
+        run, _, live = project_block(device, args.n, args.batch)
     else:
-        run, _ = reference_block(device, args.n, args.batch, int(path.split("-w")[1]))
+        run, _, live = reference_block(device, args.n, args.batch, int(path.split("-w")[1]))
     for _ in range(2):
         run(max(4, args.batches // 2))
-    print(json.dumps({"path": path, **C.memory_report(device)}))
+    print(json.dumps({"path": path, **C.memory_report(device, live())}))
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -191,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             row.update(C.run_child(SCRIPT, child_args))
     base = rows[0]["batches_per_s"]
     print(f"{'path':9s} {'batch/s':>9s} {'img/s':>9s} {'x ref':>7s} {'min..max batch/s':>17s} "
-          f"{'startup s':>9s} {'epoch s':>8s} {'RSS MiB':>8s} {'wkr RSS':>8s} {'GPU MiB':>8s}")
+          f"{'startup s':>9s} {'epoch s':>8s} {'RSS MiB':>8s} {'wkr USS':>8s} {'GPU MiB':>8s}")
     for row in rows:
         row["project_over_this"] = base / row["batches_per_s"]
         lo, hi = row["spread_batches_per_s"]
@@ -199,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
               f"{row['project_over_this']:7.2f} {f'{lo:.1f}..{hi:.1f}':>17s} "
               f"{row['startup_s']:9.3f} {row['epoch_data_s']:8.2f} "
               f"{C.fmt_mib(row.get('peak_rss_mib')):>8s} "
-              f"{C.fmt_mib(row.get('child_peak_rss_mib')):>8s} "
+              f"{C.fmt_mib(row.get('workers_uss_mib')):>8s} "
               f"{C.fmt_mib(row.get('gpu_peak_mib')):>8s}")
     ref = rows[1]
     ratio = base / ref["batches_per_s"]
@@ -207,8 +216,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     print(f"ratio project / {ref['path']}: {ratio:.1f}x (target >= {TARGET_RATIO:.0f}x on the "
           f"2-core CPU: {verdict}) | device {meta['device']}")
     print("x ref = project rate / this path's rate; epoch s = start-up + N/batch batches at the "
-          "median rate; RSS = peak RSS of a fresh process running only this path; wkr RSS = "
-          "largest peak RSS among its worker processes (shared pages counted in each)")
+          "median rate; RSS = peak RSS (VmHWM) of a fresh process running only this path; wkr USS = "
+          "private memory summed over its live workers (in steady state)")
     meta["load_avg_end"] = [round(v, 2) for v in C.load_average()]
     print(f"load average at end: {meta['load_avg_end']}", flush=True)
     if args.json:

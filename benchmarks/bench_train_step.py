@@ -19,8 +19,8 @@ sample, the median over blocks is reported. Iterators persist across blocks (a w
 steady state has at most one batch in flight while the other path runs).
 Seconds per epoch are extrapolated: iterator start-up (measured) + ceil(N / 64) steps at the
 median step time (--full-epoch times one real epoch per path instead; sensible on a GPU).
-Memory per path: a fresh subprocess per (model, path): peak RSS of the process, the largest
-peak RSS among its DataLoader workers, torch.cuda.max_memory_allocated.
+Memory per path: a fresh subprocess per (model, path): peak RSS of the process (VmHWM), the
+private memory (USS) summed over its live DataLoader workers, torch.cuda.max_memory_allocated.
 
     python benchmarks/bench_train_step.py [--quick] [--device auto] [--models resnet32 vgg19]
         [--bf16] [--compile] [--reg hs|none] [--threads N] [--json F]
@@ -152,6 +152,8 @@ def reference_path(args: argparse.Namespace, name: str, device: torch.device
         loss.backward()
         opt.step()
 
+    step.state = st  # type: ignore[attr-defined]  # the live iterator, for the memory report
+
     def startup() -> float:
         def work() -> None:
             it = iter(loader)
@@ -182,7 +184,7 @@ def bench_model(args: argparse.Namespace, name: str, device: torch.device) -> li
     startups = {}
     for p, make in PATHS.items():
         step, startup = make(args, name, device)
-        startups[p] = C.median([startup() for _ in range(2)])
+        startups[p] = C.median([startup() for _ in range(1 if args.quick else 2)])
         made[p] = step
     warm = 3 if args.compile else 2
     for step in made.values():
@@ -221,7 +223,8 @@ def child_main(args: argparse.Namespace, device: torch.device) -> None:
     step, _ = PATHS[path](args, name, device)
     for _ in range(args.block + 2):
         step()
-    print(json.dumps({"model": name, "path": path, **C.memory_report(device)}))
+    workers = C.worker_pids(step.__dict__.get("state", {}).get("it"))
+    print(json.dumps({"model": name, "path": path, **C.memory_report(device, workers)}))
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -272,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     if args.bf16 and device.type != "cuda":
         print("note: --bf16 only applies on CUDA (as in the engine); ignored on CPU")
     print(f"{'model':9s} {'path':9s} {'ms/step':>9s} {'img/s':>8s} {'min..max ms':>15s} "
-          f"{'s/epoch':>8s} {'RSS MiB':>8s} {'wkr RSS':>8s} {'GPU MiB':>8s}", flush=True)
+          f"{'s/epoch':>8s} {'RSS MiB':>8s} {'wkr USS':>8s} {'GPU MiB':>8s}", flush=True)
     rows: list[dict[str, Any]] = []
     target = TARGET_GPU if device.type == "cuda" else TARGET_CPU
     for name in args.models:
@@ -291,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             print(f"{name:9s} {row['path']:9s} {row['ms_per_step']:9.1f} "
                   f"{row['images_per_s']:8.1f} {f'{lo:.0f}..{hi:.0f}':>15s} "
                   f"{row['epoch_s']:8.1f} {C.fmt_mib(row.get('peak_rss_mib')):>8s} "
-                  f"{C.fmt_mib(row.get('child_peak_rss_mib')):>8s} "
+                  f"{C.fmt_mib(row.get('workers_uss_mib')):>8s} "
                   f"{C.fmt_mib(row.get('gpu_peak_mib')):>8s}")
         ratio = model_rows[1]["ms_per_step"] / model_rows[0]["ms_per_step"]
         for row in model_rows:
@@ -301,8 +304,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         print(f"{name:9s} speed-up project / reference: {ratio:.2f}x (target >= {target:g}x on "
               f"{device.type}: {verdict})", flush=True)
         rows.extend(model_rows)
-    print(f"s/epoch: {rows[0]['epoch_s_how']} (N={args.n_epoch}); RSS: peak of a fresh "
-          "process running one path; wkr RSS: largest peak among its DataLoader workers")
+    print(f"s/epoch: {rows[0]['epoch_s_how']} (N={args.n_epoch}); RSS: peak (VmHWM) of a fresh "
+          "process running one path; wkr USS: private memory summed over its live workers")
     meta["load_avg_end"] = [round(v, 2) for v in C.load_average()]
     print(f"load average at end: {meta['load_avg_end']} | device {meta['device']}", flush=True)
     if args.json:
@@ -312,5 +315,5 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
 if __name__ == "__main__":
     t0 = time.perf_counter()
-    main()
-    print(f"wall {time.perf_counter() - t0:.0f} s")
+    if main():
+        print(f"wall {time.perf_counter() - t0:.0f} s")

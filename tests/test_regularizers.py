@@ -113,7 +113,7 @@ def test_gradient_vanishes_far_above_threshold() -> None:
     assert torch.all(torch.sign(grad[20:]) == torch.sign(w[20:]))
 
 
-@pytest.mark.parametrize("n", [1000, 300_000, 2_000_003])
+@pytest.mark.parametrize("n", [1000, 300_000, 600_001])
 def test_threshold_equals_sort_reference_with_ties(n: int) -> None:
     g = torch.Generator().manual_seed(n)
     cases = {

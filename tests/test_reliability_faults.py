@@ -4,8 +4,8 @@ writers killed mid-write, diverging runs. No finished result may be lost or chan
 from __future__ import annotations
 
 import json
-import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -32,7 +32,7 @@ from reliability_helpers import (
 
 from hypersparse import io as hio
 from hypersparse.engine import Trainer
-from hypersparse.io import atomic_torch_save, atomic_write_json, safe_torch_load
+from hypersparse.io import CheckpointError, atomic_torch_save, atomic_write_json, safe_torch_load
 from hypersparse.runner import execute
 from hypersparse.spec import RunSpec
 
@@ -84,8 +84,8 @@ def test_kill9_mid_epoch_resumes_to_the_uninterrupted_result(digits_root, tmp_pa
 
 
 # ------------------------------------------------------------- 2. kill the whole Snakemake run
-# One grid for points 2 and 5: two sparse runs that can be cut mid-training, and one ART entry
-# whose regulariser (lambda_init = 1e30) makes it diverge while the rest of the grid goes on.
+# One grid for points 2 and 5: two sparse runs that can be cut mid-training, and the ART entry
+# art_hs with lambda_init = 1e30, whose regulariser makes it diverge (the rest goes on).
 GRID = """\
 datasets: [digits]
 image_size: 16
@@ -100,9 +100,18 @@ dense: {epochs: 2, milestones: []}
 finetune: {epochs: 4, milestones: []}
 methods:
   omp: {}
-  art_diverge: {family: art, lambda_init: 1.0e+30, warmup_epochs: 1, max_art_epochs: 2}
+  art_hs: {family: art, lambda_init: 1.0e+30, warmup_epochs: 1, max_art_epochs: 2}
 resources: {train_mem_mb: 1000, train_runtime_min: 10}
 """
+
+
+def registered_outputs(log: str) -> set[str]:
+    """Output files of the jobs a Snakemake log reports as finished."""
+    outputs = dict(re.findall(r"\n\s+output: ([^\n]*)\n(?:\s+\w+: [^\n]*\n)*?\s+jobid: (\d+)",
+                              log))
+    by_id = {jid: out for out, jid in outputs.items()}
+    done = set(re.findall(r"Finished jobid: (\d+)", log))
+    return {f for jid in done for f in by_id.get(jid, "").split(", ") if f}
 
 
 def _group_alive(pgid: int) -> bool:
@@ -115,7 +124,8 @@ def killed_grid(tmp_path_factory):
     """The grid killed (SIGKILL to its process group) mid-way, then rerun to the end.
 
     Returns (results dir, finished run folders at the kill, runs in progress at the kill,
-    snapshot of the finished folders and the data cache before the rerun, rerun process).
+    snapshot of the finished folders and the data cache before the rerun, {run folder:
+    metrics} of runs finished but not yet registered by Snakemake at the kill, rerun process).
     """
     tmp = tmp_path_factory.mktemp("grid")
     (tmp / "grid.yaml").write_text(GRID)
@@ -135,7 +145,12 @@ def killed_grid(tmp_path_factory):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     wait_for(lambda: not _group_alive(proc.pid), timeout=30, what="the job processes to die")
-    finished = [m.parent for m in res.glob("runs/*/*/*/*/*/metrics.json")]
+    done = [m.parent for m in res.glob("runs/*/*/*/*/*/metrics.json")]
+    # A job that wrote metrics.json just before the kill but whose end Snakemake had not yet
+    # registered counts as incomplete for Snakemake: it deletes its outputs and reruns it.
+    registered = registered_outputs((tmp / "first.log").read_text())
+    finished = [r for r in done if str(r / "metrics.json") in registered]
+    unregistered = {r: metrics(r) for r in done if r not in finished}
     in_progress = [r for r in omp if (r / "ckpt" / "last.pt").exists()
                    and not (r / "metrics.json").exists()]
     before = snapshot(*finished, tmp / "data")
@@ -146,16 +161,35 @@ def killed_grid(tmp_path_factory):
     assert unlock.returncode == 0, unlock.stderr[-3000:]
     again = subprocess.run(cmd, cwd=tmp, env=python_env(), capture_output=True, text=True,
                            timeout=900)
-    return res, finished, in_progress, before, again
+    return res, finished, in_progress, before, unregistered, again
+
+
+ART_FIGURES = ("hs_gradient", "exploration", "art_termination", "magnitudes")
+
+
+def failed_jobs(out: str) -> list[str]:
+    """'rule' or 'figure:<name>' of every job Snakemake reports as failed."""
+    names = []
+    for block in out.split("Error in rule ")[1:]:
+        rule = block.split(":", 1)[0]
+        m = re.search(r"output: \S*/figures/(\w+?)_digits_resnet8\.png", block)
+        names.append(f"figure:{m.group(1)}" if rule == "figure" and m else rule)
+    return names
 
 
 @pytest.mark.slow
 def test_killed_workflow_resumes_without_retraining_finished_runs(killed_grid):
-    res, finished, in_progress, before, again = killed_grid
+    res, finished, in_progress, before, unregistered, again = killed_grid
     assert finished and in_progress
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    out = again.stdout + again.stderr
+    # Everything but the ART trace figures (no successful ART run to plot, see the xfail below).
+    assert all(j.split(":")[-1] in ART_FIGURES for j in failed_jobs(out)), out[-4000:]
     data = res.parent / "data"
     assert snapshot(*finished, data) == before, "a finished run was touched"
+    for r, m in unregistered.items():  # recomputed: the same numbers again
+        again_m = metrics(r)
+        for key in ("status", "error", "final_test_acc", "best_test_acc", "num_zero"):
+            assert again_m.get(key) == m.get(key), (r, key)
     for r in in_progress:
         log = res / "logs" / f"{r.relative_to(res / 'runs')}.log"
         assert "resuming from" in log.read_text(), log.read_text()
@@ -163,27 +197,39 @@ def test_killed_workflow_resumes_without_retraining_finished_runs(killed_grid):
     for r in [runs / "dense" / "k0" / "seed0", *(runs / "omp").glob("k*/seed0")]:
         assert metrics(r)["status"] == "ok" and not no_temp_files(r)
         assert not (r / "ckpt").exists()
-    assert (res / "tables" / "replication.md").stat().st_size > 0
+    for name in ("runs.csv", "replication.md", "digits_resnet8.csv", "digits_resnet8.md"):
+        assert (res / "tables" / name).stat().st_size > 0
+    for fig in ("acc_vs_sparsity", "layer_density", "kernel_patterns"):
+        assert (res.parent / "figures" / f"{fig}_digits_resnet8.png").stat().st_size > 0
 
 
 # ------------------------------------------------------------------ 5. (workflow) a diverging cell
 @pytest.mark.slow
 def test_diverging_cell_is_failed_and_the_grid_goes_on(killed_grid):
-    res, _, _, _, again = killed_grid
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    run = res / "runs" / "digits" / "resnet8" / "art_diverge" / "k0.9" / "seed0"
-    m = metrics(run)
-    assert m["status"] == "failed" and "final_test_acc" not in m
-    assert "diverged" in m["error"] and "epoch 1" in m["error"] and "lambda_init" in m["error"]
+    res = killed_grid[0]
+    for kappa in ("k0.9", "k0.98"):
+        m = metrics(res / "runs" / "digits" / "resnet8" / "art_hs" / kappa / "seed0")
+        assert m["status"] == "failed" and "final_test_acc" not in m
+        assert "diverged" in m["error"] and "epoch 1" in m["error"]
+        assert "lambda_init" in m["error"]
     table = pd.read_csv(res / "tables" / "digits_resnet8.csv")
-    cell = table[(table["method"] == "art_diverge") & (table["kappa"] == 0.9)].iloc[0]
-    assert cell["n_failed"] == 1 and cell["n_seeds"] == 0
-    assert math.isnan(cell["final_test_acc_mean"])
+    cells = table[table["method"] == "art_hs"]
+    assert len(cells) == 2 and (cells["n_failed"] == 1).all() and (cells["n_seeds"] == 0).all()
+    assert cells["final_test_acc_mean"].isna().all()
     ok = table[table["method"] == "omp"]
     assert len(ok) == 2 and ok["final_test_acc_mean"].notna().all()
     md = (res / "tables" / "digits_resnet8.md").read_text()
-    rows = [ln for ln in md.splitlines() if ln.startswith("|") and "failed" in ln]
-    assert rows, md
+    art_rows = [ln for ln in md.splitlines() if ln.startswith("|") and "failed" in ln]
+    assert art_rows and all(ln.count("failed") == 2 for ln in art_rows), md
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="the ART trace figures fail when every ART run of the grid diverged "
+                          "(NothingToPlotError), so the workflow exits 1 although every run and "
+                          "table is done; reported to the analysis/workflow owners")
+def test_workflow_exits_zero_with_a_diverged_art_grid(killed_grid):
+    again = killed_grid[-1]
+    assert again.returncode == 0, failed_jobs(again.stdout + again.stderr)
 
 
 # ---------------------------------------------------- 3. truncated / corrupt checkpoints
@@ -221,6 +267,23 @@ def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def _flip_byte(path: Path, where: float = 0.5) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[int(len(raw) * where)] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def test_bit_flip_in_checkpoint_data_is_detected(tmp_path):
+    """torch.load alone would return the flipped tensor: the zip records' CRCs are checked."""
+    path = tmp_path / "last.pt"
+    torch.save({"w": torch.arange(100_000, dtype=torch.float32)}, path)
+    _flip_byte(path)
+    assert not torch.equal(torch.load(path, weights_only=True)["w"],
+                           torch.arange(100_000, dtype=torch.float32))  # silently wrong
+    with pytest.raises(CheckpointError, match="CRC"):
+        safe_torch_load(path)
+
+
 @pytest.mark.slow
 def test_truncated_last_checkpoint_resumes_from_previous(interrupted, tmp_path, caplog):
     spec, ref, cut = interrupted
@@ -245,7 +308,7 @@ def test_both_checkpoints_corrupt_restart_from_scratch(interrupted, tmp_path, ca
     run = tmp_path / "run"
     shutil.copytree(cut, run)
     _truncate(run / "ckpt" / "last.pt")
-    (run / "ckpt" / "prev.pt").write_bytes(os.urandom(4096))
+    _flip_byte(run / "ckpt" / "prev.pt", 0.3)  # inside the model weights: loads, but wrong
     with caplog.at_level("WARNING", logger="hypersparse"):
         execute(spec, run, progress=False)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
@@ -254,6 +317,27 @@ def test_both_checkpoints_corrupt_restart_from_scratch(interrupted, tmp_path, ca
     before = snapshot(run)
     execute(spec, run, progress=False)  # no crash loop: a finished run is left alone
     assert snapshot(run) == before
+
+
+@pytest.mark.slow
+def test_checkpoint_of_another_spec_is_not_resumed(interrupted, tmp_path, caplog):
+    """Snakemake deletes spec.json (an output) before rerunning a job whose params changed:
+    the checkpoint itself must say which spec it belongs to."""
+    spec, _, cut = interrupted
+    run = tmp_path / "run"
+    shutil.copytree(cut, run)
+    (run / "spec.json").unlink()
+    (run / "history.csv").unlink()
+    changed = RunSpec.from_dict({**spec.to_dict(), "optim": {**spec.to_dict()["optim"],
+                                                            "lr": 0.02}})
+    with caplog.at_level("WARNING", logger="hypersparse"):
+        m = execute(changed, run, progress=False)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "belongs to another run spec (differs in: optim)" in text
+    assert "starts from scratch" in text
+    assert m["epochs_trained"] == 3 and m["spec"]["optim"]["lr"] == 0.02
+    lrs = [r.split(",")[3] for r in (run / "history.csv").read_text().splitlines()[1:]]
+    assert lrs == ["0.02"] * 3
 
 
 # --------------------------------------------------------------- 4. atomic writes

@@ -151,3 +151,14 @@ def test_rigl_end_to_end_exact(make_spec, tmp_path) -> None:
     counts = layer_keep_counts([(k, tuple(v.shape)) for k, v in items], n - math.floor(0.9 * n))
     assert {k: int((v != 0).sum()) for k, v in items} == counts
     assert build_params("rigl", {}).distribution == "erk"
+
+
+def test_only_positions_with_gradient_grow():
+    """A grown weight with zero gradient would stay zero for ever (sparsity above target)."""
+    from hypersparse.methods.rigl import drop_grow
+
+    w = torch.tensor([0.5, 0.4, 0.3, 0.0, 0.0, 0.0])
+    mask = torch.tensor([True, True, True, False, False, False])
+    grad = torch.tensor([0.0, 0.0, 0.0, 0.9, 0.0, 0.0])  # one live inactive position only
+    new, grown = drop_grow(w, grad, mask, 0.67, "w")
+    assert int(new.sum()) == 3 and grown.tolist() == [False, False, False, True, False, False]

@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO
 from workflow_utils import job_counts, snakemake
 
-from hypersparse.config import load_config, method_entry, sparse_methods
+from hypersparse.config import load_config, method_entry, method_kappas, sparse_methods
 
 
 def test_lint_reports_nothing():
@@ -20,15 +20,16 @@ def test_lint_reports_nothing():
 def expected_counts(cfg: dict) -> dict[str, int]:
     """Jobs per rule derived from the grid size alone."""
     cells = len(cfg["datasets"]) * len(cfg["models"])
-    seeds, kappas = len(cfg["seeds"]), len(cfg["kappas"])
+    seeds = len(cfg["seeds"])
     per_kappa = sparse_methods(cfg)
     art = [m for m in per_kappa if method_entry(m, cfg["methods"][m])[0] == "art"]
     once = [m for m in cfg["methods"] if m not in per_kappa]
+    n_kappas = {m: len(method_kappas(cfg, m)) for m in per_kappa}
     counts = {
         "prepare_data": len(cfg["datasets"]),
         "dense": cells * seeds,
-        "sparse": cells * seeds * (kappas * (len(per_kappa) - len(art)) + len(once)),
-        "art": cells * seeds * kappas * len(art),
+        "sparse": cells * seeds * (sum(n_kappas[m] for m in per_kappa if m not in art) + len(once)),
+        "art": cells * seeds * sum(n_kappas[m] for m in art),
         "table": cells,
         "aggregate": 1,
         "figure": cells * (3 + (4 if art else 0)),

@@ -120,10 +120,19 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> di
 
 
 def method_entry(label: str, entry: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
-    """(family, params) of a ``methods`` entry: ``family`` defaults to the label."""
+    """(family, params) of a ``methods`` entry: ``family`` defaults to the label.
+
+    ``family`` and ``kappas`` are workflow keys, everything else is a method parameter.
+    """
     entry = dict(entry or {})
     family = entry.pop("family", label)
+    entry.pop("kappas", None)
     return family, entry
+
+
+def method_kappas(cfg: dict[str, Any], label: str) -> list[float]:
+    """The kappas a method runs at: its own ``kappas`` entry, else the grid's."""
+    return list((cfg["methods"][label] or {}).get("kappas") or cfg["kappas"])
 
 
 def sparse_methods(cfg: dict[str, Any]) -> list[str]:

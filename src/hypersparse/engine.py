@@ -180,6 +180,13 @@ class Trainer:
                 ckpt = safe_torch_load(path, map_location="cpu")
                 if not isinstance(ckpt, dict) or ckpt.get("format") != 1:
                     raise CheckpointError(f"checkpoint {path} has an unknown layout")
+                saved, current = ckpt.get("spec"), self.spec.to_dict()
+                if saved is not None and saved != current:  # e.g. the workflow's params changed
+                    diff = sorted(k for k in {*saved, *current} if saved.get(k) != current.get(k))
+                    raise CheckpointError(
+                        f"checkpoint {path} belongs to another run spec (differs in: "
+                        f"{', '.join(diff)})"
+                    )
             except CheckpointError as exc:
                 log.warning("%s; trying the previous checkpoint", exc)
                 continue
@@ -197,6 +204,7 @@ class Trainer:
         assert self.phase is not None and self.optimizer is not None
         state = {
             "format": 1,
+            "spec": self.spec.to_dict(),
             "phase": self.phase.name,
             "phase_epoch": self.phase_epoch,
             "epoch": self.epoch,

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,7 @@ def safe_torch_load(path: Path, map_location: str | torch.device = "cpu") -> Any
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
+        _check_zip_crc(path)
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated/unsafe files
         raise CheckpointError(
@@ -88,6 +90,15 @@ def safe_torch_load(path: Path, map_location: str | torch.device = "cpu") -> Any
             f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); it is corrupt, "
             "truncated or contains pickled code. Delete it and rerun."
         ) from exc
+
+
+def _check_zip_crc(path: Path) -> None:
+    """torch.load does not verify the CRCs of its zip records: a flipped bit would load silently."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+        if bad is not None:
+            raise ValueError(f"record {bad} fails its CRC check")
 
 
 def load_state_dict_checked(model: torch.nn.Module, state: dict, source: str) -> None:

@@ -34,7 +34,7 @@ from hypersparse.masks import kth_smallest, target_zeros
 
 HS_CONSTANT = 0.6585  # ~ artanh(1/sqrt(3)): sech^2(s|w|) has its inflection at |w| = a_k
 
-_CPU_CHUNK = 1 << 17  # elements per chunk on CPU: 512 KiB of float32, about one L2 cache
+_CPU_CHUNK = 1 << 18  # elements per chunk on CPU: 1 MiB of float32, ~ the two L2 caches
 _SMALL_N = 1 << 18  # up to this many values a plain kthvalue is as fast as the bracket
 _SAMPLE = 1 << 16  # target size of the strided sample that brackets a_k
 _MARGINS_SD = (5.0, 40.0)  # bracket half-widths in standard deviations of the sample rank

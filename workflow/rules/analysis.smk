@@ -56,7 +56,7 @@ rule figure:
     params:
         runs=lambda wc, input: runs_root(input[0]),
         out=lambda wc, output: output.png[: -len(".png")],
-        kappa=lambda wc: f"--kappa {CFG['figures']['kappa']}" if CFG["figures"]["kappa"] is not None else "",
+        kappa=lambda wc: figure_kappa_flag(wc.figure),
     shell:
         "hypersparse plot {wildcards.figure} --runs {params.runs:q} --out {params.out:q} "
         "--dataset {wildcards.dataset} --model {wildcards.model} {params.kappa} > {log} 2>&1"

@@ -32,7 +32,6 @@ KAPPA_FREE = hsconfig.kappa_free_methods(CFG)
 ART = [m for m in CFG["methods"] if hsconfig.method_entry(m, CFG["methods"][m])[0] == "art"]
 NON_ART = [m for m in SPARSE + KAPPA_FREE if m not in ART]
 SNAPSHOTS = hsconfig.snapshot_epochs(CFG)
-KTAGS = [kappa_tag(k) for k in CFG["kappas"]]
 RUN = f"{RUNS}/{{dataset}}/{{model}}/{{method}}/k{{kappa}}/seed{{seed}}"
 RUN_FILES = ("metrics.json", "model.pt", "history.csv", "spec.json")
 
@@ -67,7 +66,7 @@ def grid_runs(dataset, model, methods=None):
     """metrics.json of every run of one (data set, model) in the grid."""
     out = [f"{run_dir(dataset, model, 'dense', '0', s)}/metrics.json" for s in CFG["seeds"]]
     for m in methods if methods is not None else SPARSE + KAPPA_FREE:
-        ktags = KTAGS if m in SPARSE else ["k0"]
+        ktags = [kappa_tag(k) for k in hsconfig.method_kappas(CFG, m)] if m in SPARSE else ["k0"]
         for k in ktags:
             for s in CFG["seeds"]:
                 out.append(f"{run_dir(dataset, model, m, k[1:], s)}/metrics.json")
@@ -122,3 +121,12 @@ def all_targets():
             for name in FIGURES_PER_GRID + (FIGURES_ART if ART else []):
                 out += figure_files(name, d, m)
     return out
+
+
+def figure_kappa_flag(figure):
+    """--kappa of a figure: figures.hs_kappa for the ART trace figures, else figures.kappa."""
+    if figure == "acc_vs_sparsity":  # spans every kappa
+        return ""
+    opts = CFG["figures"]
+    kappa = opts["hs_kappa"] if figure in FIGURES_ART and opts["hs_kappa"] is not None else opts["kappa"]
+    return "" if kappa is None else f"--kappa {kappa}"

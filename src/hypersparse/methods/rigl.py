@@ -124,9 +124,14 @@ def random_layer_masks(
 def drop_grow(
     weight: torch.Tensor, grad_abs: torch.Tensor, mask: torch.Tensor, fraction: float, name: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One layer's RigL update: (new mask, newly connected positions). Count is unchanged."""
+    """One layer's RigL update: (new mask, newly connected positions). Count is unchanged.
+
+    Only positions with a non-zero gradient can grow: a grown weight starts at zero, and one
+    whose gradient is zero (e.g. behind a dead channel) would stay zero for ever, silently
+    raising the sparsity above its target. With fewer such candidates, fewer are dropped.
+    """
     active = int(mask.sum())
-    k = int(fraction * active)
+    k = min(int(fraction * active), int(((grad_abs > 0) & ~mask).sum()))
     if k == 0:
         return mask, torch.zeros_like(mask)
     keep_scores = torch.where(mask, weight.abs(), -1.0)
