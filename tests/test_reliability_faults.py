@@ -182,8 +182,8 @@ def test_killed_workflow_resumes_without_retraining_finished_runs(killed_grid):
     res, finished, in_progress, before, unregistered, again = killed_grid
     assert finished and in_progress
     out = again.stdout + again.stderr
-    # Everything but the ART trace figures (no successful ART run to plot, see the xfail below).
-    assert all(j.split(":")[-1] in ART_FIGURES for j in failed_jobs(out)), out[-4000:]
+    # Every job succeeds: the ART trace figures of an all-diverged ART grid are placeholders.
+    assert not failed_jobs(out), out[-4000:]
     data = res.parent / "data"
     assert snapshot(*finished, data) == before, "a finished run was touched"
     for r, m in unregistered.items():  # recomputed: the same numbers again
@@ -224,9 +224,6 @@ def test_diverging_cell_is_failed_and_the_grid_goes_on(killed_grid):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="the ART trace figures fail when every ART run of the grid diverged "
-                          "(NothingToPlotError), so the workflow exits 1 although every run and "
-                          "table is done; reported to the analysis/workflow owners")
 def test_workflow_exits_zero_with_a_diverged_art_grid(killed_grid):
     again = killed_grid[-1]
     assert again.returncode == 0, failed_jobs(again.stdout + again.stderr)

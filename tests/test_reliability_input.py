@@ -60,8 +60,6 @@ def digits_args(root: Path, out: Path, *extra: str) -> list[str]:
         ),
         pytest.param(
             {"methods": {"pruner": {"family": "magic"}}}, ["methods.pruner", "'magic'"],
-            marks=pytest.mark.xfail(reason="config._semantic_problems does not prefix the "
-                                           "unknown-family error with its key (reported)"),
             id="unknown-family-key",
         ),
         ({"plugins": ["no_such_plugin_module"]}, ["plugins", "no_such_plugin_module"]),

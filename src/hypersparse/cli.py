@@ -47,6 +47,13 @@ def _add_spec_args(p: argparse.ArgumentParser, method_default: str | None) -> No
         help="on divergence write status 'failed' to metrics.json and exit 0 (the grid goes on)",
     )
     p.add_argument("--log-file", type=Path, help="also append log lines to this file")
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module that registers extra methods (config `plugins`); repeatable",
+    )
 
 
 def _spec_from_args(args: argparse.Namespace) -> Any:
@@ -86,8 +93,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     """train / sparsify: one run into one run folder."""
     import torch
 
+    from .methods import load_plugins
     from .runner import DenseFiles, check_dense_source, execute
 
+    load_plugins(args.plugin)
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = _spec_from_args(args)
@@ -166,11 +175,29 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     """Render one figure (PNG + PDF) from run folders."""
-    from .analysis import plot_figure
+    from .analysis import NothingToPlotError, plot_figure
+    from .analysis.figures import placeholder_figure
 
-    opts = {k: v for k, v in (("dataset", args.dataset), ("model", args.model),
-                              ("kappa", args.kappa), ("seed", args.seed)) if v is not None}
-    for p in plot_figure(args.figure, args.runs, args.out, **opts):
+    opts = {
+        k: v
+        for k, v in (
+            ("dataset", args.dataset),
+            ("model", args.model),
+            ("kappa", args.kappa),
+            ("seed", args.seed),
+            ("method", args.method),
+            ("methods", args.methods),
+        )
+        if v is not None
+    }
+    try:
+        paths = plot_figure(args.figure, args.runs, args.out, **opts)
+    except NothingToPlotError as exc:
+        if not args.placeholder_if_empty:
+            raise
+        log.warning("%s: nothing to plot (%s); writing a placeholder figure", args.figure, exc)
+        paths = placeholder_figure(args.out, str(exc))
+    for p in paths:
         print(p)
     return 0
 
@@ -227,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model")
     s.add_argument("--kappa", type=float)
     s.add_argument("--seed", type=int)
+    s.add_argument("--method", help="the run label to plot (hs_gradient; default art_hs)")
+    s.add_argument("--methods", help="comma-separated run labels (default: all / art_hs,art_l1,art_l2)")
+    s.add_argument(
+        "--placeholder-if-empty",
+        action="store_true",
+        help="when there is nothing to plot (e.g. every ART run failed) write a figure saying so",
+    )
     s.set_defaults(func=cmd_plot)
     return p
 
@@ -264,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     ) as exc:
         print(f"hypersparse: error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, KeyError, FileNotFoundError) as exc:
+    except (ValueError, KeyError, FileNotFoundError, ImportError) as exc:
         print(f"hypersparse: error: {exc}", file=sys.stderr)
         return 2
 

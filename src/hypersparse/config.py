@@ -107,7 +107,10 @@ def _semantic_problems(cfg: dict[str, Any]) -> list[str]:
         try:
             build_params(family, params, f"methods.{label}")
         except ParamError as exc:
-            problems.append(f"config key {exc}")
+            msg = str(exc)
+            if not msg.startswith(f"methods.{label}"):
+                msg = f"methods.{label}: {msg}"
+            problems.append(f"config key {msg}")
     return problems
 
 

@@ -57,6 +57,8 @@ rule figure:
         runs=lambda wc, input: runs_root(input[0]),
         out=lambda wc, output: output.png[: -len(".png")],
         kappa=lambda wc: figure_kappa_flag(wc.figure),
+        methods=lambda wc: figure_method_flags(wc.figure),
     shell:
         "hypersparse plot {wildcards.figure} --runs {params.runs:q} --out {params.out:q} "
-        "--dataset {wildcards.dataset} --model {wildcards.model} {params.kappa} > {log} 2>&1"
+        "--dataset {wildcards.dataset} --model {wildcards.model} {params.kappa} {params.methods} "
+        "--placeholder-if-empty > {log} 2>&1"

@@ -130,3 +130,19 @@ def figure_kappa_flag(figure):
     opts = CFG["figures"]
     kappa = opts["hs_kappa"] if figure in FIGURES_ART and opts["hs_kappa"] is not None else opts["kappa"]
     return "" if kappa is None else f"--kappa {kappa}"
+
+
+def figure_method_flags(figure):
+    """Which run labels the ART figures show: the config's ART entries, HS first."""
+    if figure not in FIGURES_ART:
+        return ""
+    regs = ("hs", "l1", "l2")
+    by_reg = sorted(ART, key=lambda m: regs.index((CFG["methods"][m] or {}).get("regularizer", "hs")))
+    if figure == "hs_gradient":
+        return f"--method {by_reg[0]}"
+    return f"--methods {','.join(by_reg)}"
+
+
+def plugin_flags():
+    """--plugin for each config `plugins` module, so training jobs register them too."""
+    return " ".join(f"--plugin {m}" for m in CFG["plugins"])

@@ -17,10 +17,11 @@ rule dense:
     conda:
         "../../environment.yml"
     params:
+        plugins=plugin_flags(),
         spec=lambda wc: json.dumps(
             hsconfig.run_spec(CFG, wc.dataset, wc.model, "dense", 0.0, int(wc.seed)), sort_keys=True
         ),
         out=lambda wc, output: os.path.dirname(output.metrics),
     shell:
         "hypersparse train --spec-json {params.spec:q} --out {params.out:q} --threads {threads} "
-        "--record-failure > {log} 2>&1"
+        "--record-failure {params.plugins} > {log} 2>&1"

@@ -20,12 +20,13 @@ rule sparse:
     conda:
         "../../environment.yml"
     params:
+        plugins=plugin_flags(),
         spec=spec_json,
         out=lambda wc, output: os.path.dirname(output.metrics),
         dense=dense_flag,
     shell:
         "hypersparse sparsify --spec-json {params.spec:q} --out {params.out:q} {params.dense} "
-        "--threads {threads} --record-failure > {log} 2>&1"
+        "--threads {threads} --record-failure {params.plugins} > {log} 2>&1"
 
 
 rule art:
@@ -48,9 +49,10 @@ rule art:
     conda:
         "../../environment.yml"
     params:
+        plugins=plugin_flags(),
         spec=spec_json,
         out=lambda wc, output: os.path.dirname(output.metrics),
         dense=dense_flag,
     shell:
         "hypersparse sparsify --spec-json {params.spec:q} --out {params.out:q} {params.dense} "
-        "--threads {threads} --record-failure > {log} 2>&1"
+        "--threads {threads} --record-failure {params.plugins} > {log} 2>&1"

@@ -899,6 +899,15 @@ FIGURES: dict[str, Callable[..., list[Path]]] = {
 }
 
 
+def placeholder_figure(out_base: Path, message: str) -> list[Path]:
+    """A figure that says why there is nothing to plot (e.g. every ART run diverged)."""
+    fig, ax = plt.subplots(figsize=(style.PANEL_WIDTH_IN, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, "nothing to plot:\n" + message, ha="center", va="center", wrap=True,
+            fontsize=7)
+    return style.save_figure(fig, Path(out_base))
+
+
 def plot_figure(name: str, runs_root: Path, out_base: Path, **opts: Any) -> list[Path]:
     """Draw figure ``name`` from the run folders under ``runs_root``; returns [pdf, png]."""
     if name not in FIGURES:

@@ -53,17 +53,26 @@ def augment_batch(x_uint8: torch.Tensor, pad: int, hflip: bool,
     if hflip:
         flip = _draw(generator, 0, 2, b, dev).bool()
         cols = torch.where(flip[:, None], cols.flip(1), cols)
-    bi = torch.arange(b, device=dev)[:, None, None, None]
-    ci = torch.arange(c, device=dev)[None, :, None, None]
-    return src[bi, ci, rows[:, None, :, None], cols[:, None, None, :]].contiguous()
+    # One flat index per output pixel of each image, shared by its channels: a single gather.
+    flat = (rows[:, :, None] * src.shape[-1] + cols[:, None, :]).reshape(b, 1, h * w)
+    out = src.reshape(b, c, -1).gather(2, flat.expand(b, c, h * w))
+    return out.view(b, c, h, w)
 
 
 def normalize(x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float]
               ) -> torch.Tensor:
     """uint8 [B, C, H, W] -> float32 ((x / 255) - mean) / std, per channel."""
-    m = torch.tensor(mean, dtype=torch.float32, device=x_uint8.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=x_uint8.device).view(1, -1, 1, 1)
-    return x_uint8.to(torch.float32).div_(255.0).sub_(m).div_(s)
+    scale, shift = _affine(mean, std, x_uint8.device)
+    return torch.addcmul(shift, x_uint8.to(torch.float32), scale)
+
+
+def _affine(mean: Sequence[float], std: Sequence[float], device: torch.device
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with x / 255 normalised = x * scale + shift: one fused multiply-add."""
+    m = torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float64).view(1, -1, 1, 1)
+    scale = (1.0 / (255.0 * s)).to(device=device, dtype=torch.float32)
+    return scale, (-m / s).to(device=device, dtype=torch.float32)
 
 
 class BatchLoader:
@@ -90,10 +99,7 @@ class BatchLoader:
         self.device = torch.device(device)
         self.images = data.images.to(self.device).contiguous()
         self.labels = data.labels.to(self.device)
-        self._mean = torch.tensor(info.mean, dtype=torch.float32,
-                                  device=self.device).view(1, -1, 1, 1)
-        self._std = torch.tensor(info.std, dtype=torch.float32,
-                                 device=self.device).view(1, -1, 1, 1)
+        self._scale, self._shift = _affine(info.mean, info.std, self.device)
 
     @property
     def num_samples(self) -> int:
@@ -124,8 +130,8 @@ class BatchLoader:
                 xb, yb = self.images[lo:hi], self.labels[lo:hi]
             else:
                 idx = order[lo:hi]
-                xb, yb = self.images[idx], self.labels[idx]
+                xb, yb = self.images.index_select(0, idx), self.labels.index_select(0, idx)
             if self.augment:
                 xb = augment_batch(xb, self.info.pad, self.info.hflip, g)
-            x = xb.to(torch.float32).div_(255.0).sub_(self._mean).div_(self._std)
+            x = torch.addcmul(self._shift, xb.to(torch.float32), self._scale)
             yield x, yb
