@@ -60,9 +60,20 @@ def weights_with_ties(seed: int, scale: int = 1) -> list[torch.Tensor]:
     return ws
 
 
+@pytest.fixture(params=["default", "small_chunks"])
+def chunking(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the default sizes and with tiny chunks, sample and plain-select limit,
+    so that small inputs exercise the chunked, bracketed code path too."""
+    if request.param == "small_chunks":
+        monkeypatch.setattr(R, "_CPU_CHUNK", 4096)
+        monkeypatch.setattr(R, "_SMALL_N", 500)
+        monkeypatch.setattr(R, "_SAMPLE", 256)
+    return request.param
+
+
 @pytest.mark.parametrize("rate", [0.0, 0.3, 0.9, 0.98, 0.995])
-@pytest.mark.parametrize("scale", [1, 16])  # 16: N > 2**18, the bracketed selection path
-def test_autograd_gradient_matches_closed_form(rate: float, scale: int) -> None:
+@pytest.mark.parametrize("scale", [1, 16])
+def test_autograd_gradient_matches_closed_form(rate: float, scale: int, chunking: str) -> None:
     ws = weights_with_ties(0, scale)
     if rate == 0.0:  # a_k would be one of the exact zeros; use the smallest nonzero instead
         ws[1].view(-1)[::5] = 1e-3
@@ -80,7 +91,7 @@ def test_zero_weights_get_zero_gradient_and_value_is_zero() -> None:
     assert torch.all(ws[1].grad.view(-1)[::5] == 0)
 
 
-def test_invariant_to_weight_order() -> None:
+def test_invariant_to_weight_order(chunking: str) -> None:
     ws = weights_with_ties(2)
     perm = [2, 0, 3, 1]
     g = hypersparse_grad(ws, 0.9)
@@ -114,7 +125,7 @@ def test_gradient_vanishes_far_above_threshold() -> None:
 
 
 @pytest.mark.parametrize("n", [1000, 300_000, 600_001])
-def test_threshold_equals_sort_reference_with_ties(n: int) -> None:
+def test_threshold_equals_sort_reference_with_ties(n: int, chunking: str) -> None:
     g = torch.Generator().manual_seed(n)
     cases = {
         "gauss": torch.randn(n, generator=g),
@@ -132,6 +143,31 @@ def test_threshold_equals_sort_reference_with_ties(n: int) -> None:
             assert torch.equal(hs_threshold_scale(v.abs(), rate), expected), (name, rate)
 
 
+def test_bracket_path_is_taken_without_full_selection(
+    chunking: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With N above the plain-select limit, a_k comes from the bracket, not a full kthvalue."""
+    calls: dict[str, list[int]] = {"bracket": [], "select": []}
+    real_bracket, real_select = R._bracket_count, R.kth_smallest
+
+    def bracket(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["bracket"].append(1)
+        return real_bracket(*args, **kwargs)
+
+    def select(values: torch.Tensor, k: int) -> torch.Tensor:
+        calls["select"].append(values.numel())
+        return real_select(values, k)
+
+    monkeypatch.setattr(R, "_bracket_count", bracket)
+    monkeypatch.setattr(R, "kth_smallest", select)
+    w = torch.randn(400_000)
+    g = hypersparse_grad([w], 0.9)[0]
+    assert torch.isfinite(g).all()
+    assert len(calls["bracket"]) == 1
+    limit = w.numel() // (50 if chunking == "default" else 2)  # the tiny sample is coarse
+    assert max(calls["select"]) < limit  # only the candidates were selected from
+
+
 def test_threshold_over_several_tensors_and_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     ws = weights_with_ties(4, scale=16)
     flat = torch.cat([w.reshape(-1) for w in ws]).abs()
@@ -145,7 +181,7 @@ def test_threshold_over_several_tensors_and_fallback(monkeypatch: pytest.MonkeyP
     assert torch.equal(kth_smallest_abs(ws, k), srt[k])
 
 
-def test_all_zero_layer_and_all_zero_weights_are_finite() -> None:
+def test_all_zero_layer_and_all_zero_weights_are_finite(chunking: str) -> None:
     ws = weights_with_ties(5)
     ws[2] = torch.zeros_like(ws[2])
     g = autograd_grad(ws, 0.9)

@@ -158,6 +158,10 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
         runs = collect_runs(args.runs)
         paths = [write_runs_csv(runs, args.out)]
         paths += write_replication(args.runs, args.out, args.paper_targets, runs=runs)
+        if args.benchmarks is not None:
+            from .analysis.runs import write_job_benchmarks
+
+            paths.append(write_job_benchmarks(args.benchmarks, args.out / "job_benchmarks.csv"))
     elif args.dataset and args.model and len(args.dataset) == len(args.model) == 1:
         paths = write_table(args.runs, args.out, args.dataset[0], args.model[0])
     else:
@@ -240,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", action="append", help="restrict to these data sets (repeatable)")
     s.add_argument("--model", action="append", help="restrict to these models (repeatable)")
     s.add_argument(
+        "--benchmarks",
+        type=Path,
+        help="with --summary-only: also collect Snakemake's per-job benchmark files from here",
+    )
+    s.add_argument(
         "--summary-only",
         action="store_true",
         help="write only runs.csv and the replication table (no per-grid tables)",
@@ -277,27 +286,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
         handlers=handlers,
     )
-    from .config import ConfigError
-    from .data import DataError
-    from .engine import DivergenceError
-    from .io import CheckpointError
-    from .methods import ParamError
-    from .runner import SpecMismatchError
+    from .errors import UserError
 
     try:
         return int(args.func(args) or 0)
-    except DivergenceError as exc:
+    except UserError as exc:
         print(f"hypersparse: error: {exc}", file=sys.stderr)
-        return 3
-    except (
-        ConfigError,
-        DataError,
-        CheckpointError,
-        ParamError,
-        SpecMismatchError,
-    ) as exc:
-        print(f"hypersparse: error: {exc}", file=sys.stderr)
-        return 2
+        return 3 if type(exc).__name__ == "DivergenceError" else 2
     except (ValueError, KeyError, FileNotFoundError, ImportError) as exc:
         print(f"hypersparse: error: {exc}", file=sys.stderr)
         return 2

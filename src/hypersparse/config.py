@@ -14,12 +14,14 @@ from typing import Any
 
 import yaml
 
+from .errors import UserError
+
 SCHEMA_ENV = "HYPERSPARSE_CONFIG_SCHEMA"
 DATASETS = ("digits", "cifar10", "cifar100", "tinyimagenet")
 RUN_GLOBAL_KEYS = ("width", "image_size", "data_root", "device", "precision")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """An invalid workflow configuration; the message names the key."""
 
 

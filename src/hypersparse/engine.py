@@ -23,6 +23,7 @@ from torch import nn
 
 from . import masks as M
 from .data import BatchLoader, dataset_info, load_split
+from .errors import UserError
 from .io import CheckpointError, atomic_torch_save, atomic_write_text, safe_torch_load
 from .models import build_model
 from .spec import RunSpec
@@ -43,7 +44,7 @@ HISTORY_COLUMNS = (
 )
 
 
-class DivergenceError(RuntimeError):
+class DivergenceError(UserError, RuntimeError):
     """Training produced a non-finite loss."""
 
 

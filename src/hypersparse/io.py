@@ -13,8 +13,10 @@ from typing import Any
 
 import torch
 
+from .errors import UserError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is unreadable, corrupt or does not fit the model it is loaded into."""
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from . import masks as M
 from .engine import DivergenceError, Trainer
+from .errors import UserError
 from .io import (
     CheckpointError,
     atomic_torch_save,
@@ -30,7 +31,7 @@ from .spec import RunSpec
 log = logging.getLogger("hypersparse")
 
 
-class SpecMismatchError(RuntimeError):
+class SpecMismatchError(UserError, RuntimeError):
     """The run folder already belongs to a different spec."""
 
 

@@ -26,6 +26,7 @@ rule aggregate:
     output:
         runs=report(f"{RES}/tables/runs.csv", caption="../report/runs.rst", category="Tables"),
         replication=report(f"{RES}/tables/replication.md", caption="../report/replication.rst", category="Tables"),
+        benchmarks=report(f"{RES}/tables/job_benchmarks.csv", caption="../report/job_benchmarks.rst", category="Benchmarks"),
     log:
         f"{RES}/logs/tables/aggregate.log",
     localrule: True
@@ -35,9 +36,10 @@ rule aggregate:
         runs=lambda wc, input: runs_root(input[0]),
         out=lambda wc, output: os.path.dirname(output[0]),
         targets=str(Path(workflow.basedir).parent / "config" / "paper_targets.csv"),
+        bench=lambda wc, output: str(Path(output.runs).parents[1] / "benchmarks"),
     shell:
         "hypersparse aggregate --runs {params.runs:q} --out {params.out:q} --paper-targets {params.targets:q} "
-        "--summary-only > {log} 2>&1"
+        "--summary-only --benchmarks {params.bench:q} > {log} 2>&1"
 
 
 rule figure:

@@ -4,14 +4,29 @@ Nothing here touches live training objects, so every table and figure can be reb
 ``results/runs`` without retraining.
 """
 
-from hypersparse.analysis.figures import FIGURES, NothingToPlotError, plot_figure
-from hypersparse.analysis.runs import collect_runs, select_runs
-from hypersparse.analysis.tables import (
-    aggregate,
-    write_replication,
-    write_table,
-    write_tables,
-)
+import importlib
+from typing import Any
+
+# Imported on first use, so a table job never loads matplotlib and nothing here loads torch
+# unless weights are read: each workflow job is a fresh process.
+_LAZY = {
+    "FIGURES": "figures",
+    "NothingToPlotError": "figures",
+    "plot_figure": "figures",
+    "collect_runs": "runs",
+    "select_runs": "runs",
+    "aggregate": "tables",
+    "write_replication": "tables",
+    "write_table": "tables",
+    "write_tables": "tables",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "FIGURES",

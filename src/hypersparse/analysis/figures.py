@@ -32,10 +32,11 @@ from hypersparse.analysis.runs import (
     select_runs,
 )
 from hypersparse.analysis.tables import aggregate
-from hypersparse.masks import sparsity_report
+
+from ..errors import UserError
 
 
-class NothingToPlotError(ValueError):
+class NothingToPlotError(UserError, ValueError):
     """Raised when the run folders hold nothing a figure can draw (the message says what)."""
 
 
@@ -576,6 +577,8 @@ def _layer_info(run_dir: Path) -> tuple[dict[str, float], dict[str, int], list[s
     order = None
     pt = run_dir / "model.pt"
     if pt.is_file():
+        from hypersparse.masks import sparsity_report
+
         rep = sparsity_report(load_state(run_dir))
         order = list(rep["layer_density"])
         if not dens:

@@ -16,8 +16,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hypersparse.masks import prunable_state_items
-
 # The tidy columns promised to callers, then a few extras useful for figures.
 COLUMNS: tuple[str, ...] = (
     "dataset",
@@ -205,4 +203,33 @@ def load_state(run_dir: Path) -> dict[str, Any]:
 def load_prunable_weights(run_dir: Path) -> list[tuple[str, np.ndarray]]:
     """(key, weight array) for the prunable weights in model.pt, in state-dict order."""
     state = load_state(run_dir)
+    from hypersparse.masks import prunable_state_items  # torch only where weights are read
+
     return [(k, v.detach().float().cpu().numpy()) for k, v in prunable_state_items(state)]
+
+
+def write_job_benchmarks(bench_root: Path, out: Path) -> Path:
+    """One CSV of Snakemake's per-job benchmark files (wall time s, peak RSS MB, ...).
+
+    Files are ``{bench_root}/{dataset}/{model}/{method}/k{kappa}/seed{seed}.tsv`` as the
+    training rules declare them; the path parts become columns.
+    """
+    rows = []
+    for tsv in sorted(Path(bench_root).glob("*/*/*/k*/seed*.tsv")):
+        parts = tsv.relative_to(bench_root).parts
+        frame = pd.read_csv(tsv, sep="\t")
+        if frame.empty:
+            continue
+        row = frame.iloc[-1].to_dict()
+        row.update(dataset=parts[0], model=parts[1], method=parts[2],
+                   kappa=float(parts[3][1:]), seed=int(parts[4][4:-4]))
+        rows.append(row)
+    cols = ["dataset", "model", "method", "kappa", "seed"]
+    table = pd.DataFrame(rows)
+    table = table[cols + [c for c in table.columns if c not in cols]] if rows else pd.DataFrame(
+        columns=cols)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    table.to_csv(tmp, index=False)
+    tmp.replace(out)
+    return out

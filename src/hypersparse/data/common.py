@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import UserError
+
 #: Version of the prepared-cache layout; bump it when the layout or a conversion changes.
 CACHE_FORMAT = 1
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -22,7 +24,7 @@ SPLITS: tuple[str, ...] = ("train", "test")
 NETWORK_TIMEOUT_S = 30.0
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """A user-facing data problem; the message names the problem and how to fix it."""
 
 

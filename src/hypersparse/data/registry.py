@@ -104,7 +104,7 @@ def prepare_dataset(name: str, root: str | Path, download: bool = True,
     """
     _check_name(name)
     _check_size(name, image_size)
-    info = dataset_info(name, image_size, seed)
+    info = dataset_info(name, image_size, seed, root=root)
     out = prepared_dir(name, root, image_size, seed)
     params = _params(name, image_size, seed)
     if cache_is_valid(out, name, params):
@@ -134,7 +134,7 @@ def load_split(name: str, root: str | Path, split: str, image_size: int | None =
     _check_size(name, image_size)
     out = prepared_dir(name, root, image_size, seed)
     data = read_split(out, name, root, split)
-    info = dataset_info(name, image_size, seed)
+    info = dataset_info(name, image_size, seed, root=root)
     if tuple(data.images.shape[1:]) != (info.in_channels, info.image_size, info.image_size):
         raise DataError(
             f"{out}: images are {tuple(data.images.shape[1:])}, expected "

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..engine import MaskHooks, Phase, Trainer
+from ..errors import UserError
 from ..io import load_state_dict_checked, safe_torch_load
 from ..masks import Masks
 from ..spec import RunSpec
@@ -20,7 +21,7 @@ from ..spec import RunSpec
 METHODS: dict[str, type[Method]] = {}
 
 
-class ParamError(ValueError):
+class ParamError(UserError, ValueError):
     """A method parameter that is unknown or of the wrong type/range."""
 
 
