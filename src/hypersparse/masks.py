@@ -132,6 +132,18 @@ def mask_gradients(model: nn.Module, masks: Masks) -> None:
             w.grad.mul_(m)
 
 
+def zero_momentum(optimizer: torch.optim.Optimizer | None, model: torch.nn.Module,
+                  masks: Masks) -> None:
+    """Zero SGD momentum buffers where ``masks`` is False (pruned or newly grown weights)."""
+    if optimizer is None:
+        return
+    for name, w in prunable_named_weights(model):
+        m = masks.get(name)
+        buf = optimizer.state.get(w, {}).get("momentum_buffer")
+        if m is not None and buf is not None:
+            buf.mul_(m.to(buf.dtype))
+
+
 def masks_to(masks: Masks, device: torch.device | str) -> Masks:
     """Move masks to ``device`` (bool tensors)."""
     return {k: v.to(device=device, dtype=torch.bool) for k, v in masks.items()}

@@ -28,7 +28,6 @@ import torch
 from .. import masks as M
 from ..engine import MaskHooks, Trainer
 from .base import Method, register
-from .gmp import zero_momentum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +88,7 @@ class ACDCHooks(MaskHooks):
         if mode == "sparse":
             self.masks = M.model_masks_by_magnitude(trainer.model, self.kappa)
             M.apply_masks(trainer.model, self.masks)
-            zero_momentum(trainer.optimizer, trainer.model, self.masks)
+            M.zero_momentum(trainer.optimizer, trainer.model, self.masks)
             self.sparse_phases += 1
         else:
             self.masks = {}

@@ -79,18 +79,6 @@ def prune_steps(total_steps: int, p: GMPParams) -> tuple[int, int, int]:
 
 
 @torch.no_grad()
-def zero_momentum(optimizer: torch.optim.Optimizer | None, model: torch.nn.Module,
-                  masks: M.Masks) -> None:
-    """Zero SGD momentum buffers where ``masks`` is False (pruned or newly grown weights)."""
-    if optimizer is None:
-        return
-    for name, w in M.prunable_named_weights(model):
-        m = masks.get(name)
-        buf = optimizer.state.get(w, {}).get("momentum_buffer")
-        if m is not None and buf is not None:
-            buf.mul_(m.to(buf.dtype))
-
-
 class GMPHooks(MaskHooks):
     """Masks that shrink on the cubic schedule; exact zeros between pruning steps."""
 
@@ -130,7 +118,7 @@ class GMPHooks(MaskHooks):
         scores = [(k, torch.where(self.masks[k], w.abs(), -1.0)) for k, w in named]
         self.masks = M.topk_masks_from_scores(scores, n - zeros)
         M.apply_masks(trainer.model, self.masks)
-        zero_momentum(trainer.optimizer, trainer.model, self.masks)
+        M.zero_momentum(trainer.optimizer, trainer.model, self.masks)
         self.log.append([trainer.step, zeros / n])
 
     def after_step(self, trainer: Trainer) -> None:

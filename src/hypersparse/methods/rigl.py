@@ -31,7 +31,6 @@ import torch
 from .. import masks as M
 from ..engine import MaskHooks, Trainer
 from .base import Method, register
-from .gmp import zero_momentum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +184,7 @@ class RigLHooks(MaskHooks):
             self.masks[name] = new
             still[name] = new & old  # weights that were and stay active keep their momentum
         M.apply_masks(trainer.model, self.masks)  # dropped -> 0; grown were 0 already
-        zero_momentum(trainer.optimizer, trainer.model, still)
+        M.zero_momentum(trainer.optimizer, trainer.model, still)
         self._grads = {}
         self.updates += 1
 
