@@ -96,6 +96,13 @@ def test_every_method_end_to_end_through_the_workflow(tmp_path):
     # A second run of the same command has nothing to do.
     again = snakemake(*args, "-n", cwd=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr
+    # The HTML report holds the tables, every figure with its caption and the job benchmarks.
+    report = tmp_path / "report.html"
+    snakemake("--report", str(report), *args[2:], cwd=tmp_path)
+    html = report.read_text()
+    for needle in ("job_benchmarks.csv", "digits_resnet8.csv", "hs_gradient_digits_resnet8.png",
+                   "kernel_patterns_digits_resnet8.png", "HyperSparse regularizer"):
+        assert needle in html, needle
 
 
 @pytest.mark.slow

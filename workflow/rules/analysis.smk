@@ -46,7 +46,7 @@ rule figure:
     input:
         lambda wc: grid_runs(wc.dataset, wc.model),
     output:
-        png=report(f"{FIGS}/{{figure}}_{{dataset}}_{{model}}.png", caption="../report/{figure}.rst", category="Figures"),
+        png=report(f"{FIGS}/{{figure}}_{{dataset}}_{{model}}.png", caption="../report/figure.rst", category="Figures"),
         pdf=f"{FIGS}/{{figure}}_{{dataset}}_{{model}}.pdf",
     log:
         f"{RES}/logs/figures/{{figure}}_{{dataset}}_{{model}}.log",

@@ -3,7 +3,7 @@
 Every figure function has the signature ``f(runs_root, out_base, **opts) -> list[Path]`` and
 is registered in FIGURES. Partial data (missing methods or seeds) is drawn as far as it goes;
 a figure raises NothingToPlotError, naming the run it needs, only when nothing can be drawn.
-Captions live in workflow/report/<name>.rst.
+Captions live in workflow/report/figure.rst (one section per figure).
 """
 
 from __future__ import annotations
