@@ -76,6 +76,9 @@ class Hooks:
     def on_phase_start(self, trainer: Trainer) -> None:
         """Called once when the phase starts fresh (not on resume)."""
 
+    def on_resume(self, trainer: Trainer) -> None:
+        """Called after :meth:`load_state_dict` when a phase resumes from a checkpoint."""
+
     def loss_term(self, trainer: Trainer, model: nn.Module) -> torch.Tensor | None:
         """Extra loss added to the cross-entropy (e.g. a regulariser)."""
         return None
@@ -115,6 +118,9 @@ class MaskHooks(Hooks):
     def on_phase_start(self, trainer: Trainer) -> None:
         self.masks = M.masks_to(self.masks, trainer.device)
         M.apply_masks(trainer.model, self.masks)
+
+    def on_resume(self, trainer: Trainer) -> None:
+        self.masks = M.masks_to(self.masks, trainer.device)  # checkpoints hold CPU tensors
 
     def before_step(self, trainer: Trainer) -> None:
         M.mask_gradients(trainer.model, self.masks)
@@ -222,9 +228,10 @@ class Trainer:
         if last.exists():
             last.replace(prev)
         atomic_torch_save(last, state)
-        self._write_history()
+        self.write_history()
 
-    def _write_history(self) -> None:
+    def write_history(self) -> None:
+        """history.csv from the rows so far (atomic)."""
         lines = [",".join(HISTORY_COLUMNS)]
         for row in self.history:
             lines.append(",".join(_fmt(row.get(c)) for c in HISTORY_COLUMNS))
@@ -321,8 +328,7 @@ class Trainer:
         if ck is not None and ck["phase"] == phase.name:
             self.model.load_state_dict(ck["model"])
             hooks.load_state_dict(ck["hooks"])
-            if hasattr(hooks, "masks"):
-                hooks.masks = M.masks_to(hooks.masks, self.device)
+            hooks.on_resume(self)
             self.history = list(ck["history"])
             self.epoch, self.phase_epoch = int(ck["epoch"]), int(ck["phase_epoch"])
             self.step = int(ck.get("step", 0))

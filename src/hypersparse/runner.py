@@ -147,7 +147,7 @@ def execute(
         # Every declared output exists, so the workflow goes on and tables show "failed".
         atomic_torch_save(run_dir / "model.pt", {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()})
         if not (run_dir / "history.csv").exists():
-            trainer._write_history()
+            trainer.write_history()
         method.write_failure_outputs(run_dir)
         metrics = {**run_identity(spec), "status": "failed", "error": str(exc), "spec": spec.to_dict()}
         atomic_write_json(run_dir / "metrics.json", metrics)
