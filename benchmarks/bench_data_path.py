@@ -43,18 +43,10 @@ def project_block(device: torch.device, n: int, batch: int, seed: int = 0
     """(run k batches -> seconds, start-up -> seconds) for the project's BatchLoader."""
     loader = BatchLoader(C.project_data(n, seed), C.CIFAR10_INFO, batch, train=True,
                          device=device, seed=seed)
-    state: dict[str, Any] = {"epoch": 0, "it": None}
+    batches = C.endless_batches(loader)
 
     def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
-        if state["it"] is None:
-            loader.set_epoch(state["epoch"])
-            state["it"] = iter(loader)
-        try:
-            return next(state["it"])
-        except StopIteration:
-            state["epoch"] += 1
-            state["it"] = None
-            return next_batch()
+        return next(batches)
 
     def run(k: int) -> float:
         def work() -> None:

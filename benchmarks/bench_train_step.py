@@ -77,20 +77,12 @@ def project_path(args: argparse.Namespace, name: str, device: torch.device
     fwd = torch.compile(model) if args.compile else model
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
     amp = args.bf16 and cuda
-    st: dict[str, Any] = {"epoch": 0, "it": None,
-                          "loss_sum": torch.zeros((), device=device),
+    st: dict[str, Any] = {"loss_sum": torch.zeros((), device=device),
                           "correct": torch.zeros((), dtype=torch.long, device=device)}
+    batches = C.endless_batches(loader)
 
     def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
-        if st["it"] is None:
-            loader.set_epoch(st["epoch"])
-            st["it"] = iter(loader)
-        try:
-            return next(st["it"])
-        except StopIteration:
-            st["epoch"] += 1
-            st["it"] = None
-            return next_batch()
+        return next(batches)
 
     def step() -> None:
         x, y = next_batch()
@@ -126,16 +118,11 @@ def reference_path(args: argparse.Namespace, name: str, device: torch.device
         torch.backends.cudnn.benchmark = True  # the authors' train.py sets it too
     weights = prunable_weights(model)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
-    st: dict[str, Any] = {"it": None, "meters": [0.0, 0.0, 0.0]}
+    st: dict[str, Any] = {"meters": [0.0, 0.0, 0.0]}
+    batches = C.endless_batches(loader)
 
     def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
-        if st["it"] is None:
-            st["it"] = iter(loader)
-        try:
-            return next(st["it"])
-        except StopIteration:
-            st["it"] = None
-            return next_batch()
+        return next(batches)
 
     def step() -> None:
         x, y = next_batch()

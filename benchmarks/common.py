@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,18 @@ def print_header(title: str, device: torch.device, extra: str = "") -> dict[str,
 
 
 # ------------------------------------------------------------------------------ timing
+
+
+def endless_batches(loader: Iterable[Any]) -> Iterator[Any]:
+    """Batches forever, epoch after epoch (a BatchLoader gets set_epoch; a DataLoader reshuffles
+    on each new iterator by itself), so timed blocks can span epoch boundaries."""
+    epoch = 0
+    while True:
+        set_epoch = getattr(loader, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
+        yield from loader
+        epoch += 1
 
 
 def median(values: Sequence[float]) -> float:
