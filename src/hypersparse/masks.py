@@ -132,6 +132,7 @@ def mask_gradients(model: nn.Module, masks: Masks) -> None:
             w.grad.mul_(m)
 
 
+@torch.no_grad()
 def zero_momentum(optimizer: torch.optim.Optimizer | None, model: torch.nn.Module,
                   masks: Masks) -> None:
     """Zero SGD momentum buffers where ``masks`` is False (pruned or newly grown weights)."""

@@ -78,7 +78,6 @@ def prune_steps(total_steps: int, p: GMPParams) -> tuple[int, int, int]:
     return t0, n, dt
 
 
-@torch.no_grad()
 class GMPHooks(MaskHooks):
     """Masks that shrink on the cubic schedule; exact zeros between pruning steps."""
 
