@@ -152,30 +152,21 @@ def child_main(args: argparse.Namespace, device: torch.device) -> None:
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Parse options, run the benchmark, print the table (and JSON if asked)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="tiny run (seconds): smoke test")
-    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    C.add_common_args(ap)
     ap.add_argument("--n", type=int, default=None, help="images in the synthetic set (50000)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--batches", type=int, default=None, help="timed batches per block (40)")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (5)")
     ap.add_argument("--workers", type=int, nargs="+", default=[4, 0],
                     help="reference DataLoader worker counts (first one is the target's)")
-    ap.add_argument("--memory", choices=["subprocess", "off"], default=None,
-                    help="per-path peak memory in fresh subprocesses (default: on unless --quick)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    ap.add_argument("--json", default=None, help="also write rows + metadata to this file")
-    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     q = args.quick
     args.n = args.n or (2048 if q else 50_000)
     args.batches = args.batches or (4 if q else 40)
     args.rounds = args.rounds or (2 if q else 5)
-    args.memory = args.memory or ("off" if q else "subprocess")
     if q:
         args.workers = [min(w, 2) for w in args.workers]
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    device = C.resolve_device(args.device)
+    device = C.apply_common_args(args)
     if args.child:
         child_main(args, device)
         return []
@@ -199,9 +190,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         print(f"{row['path']:9s} {row['batches_per_s']:9.1f} {row['images_per_s']:9.0f} "
               f"{row['project_over_this']:7.2f} {f'{lo:.1f}..{hi:.1f}':>17s} "
               f"{row['startup_s']:9.3f} {row['epoch_data_s']:8.2f} "
-              f"{C.fmt_mib(row.get('peak_rss_mib')):>8s} "
-              f"{C.fmt_mib(row.get('workers_uss_mib')):>8s} "
-              f"{C.fmt_mib(row.get('gpu_peak_mib')):>8s}")
+              f"{C.memory_cells(row)}")
     ref = rows[1]
     ratio = base / ref["batches_per_s"]
     verdict = "met" if ratio >= TARGET_RATIO else "MISSED"
@@ -210,10 +199,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     print("x ref = project rate / this path's rate; epoch s = start-up + N/batch batches at the "
           "median rate; RSS = peak RSS (VmHWM) of a fresh process running only this path; wkr USS = "
           "private memory summed over its live workers (in steady state)")
-    meta["load_avg_end"] = [round(v, 2) for v in C.load_average()]
-    print(f"load average at end: {meta['load_avg_end']}", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    C.finish(meta, rows, args.json)
     return rows
 
 

@@ -217,8 +217,7 @@ def child_main(args: argparse.Namespace, device: torch.device) -> None:
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Parse options, run the benchmark, print the table (and JSON if asked)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="tiny run (seconds): smoke test")
-    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    C.add_common_args(ap)
     ap.add_argument("--models", nargs="+", default=["resnet32", "vgg19"])
     ap.add_argument("--width", type=float, default=None, help="model width (1; --quick: 0.25)")
     ap.add_argument("--batch", type=int, default=64)
@@ -233,11 +232,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--bf16", action="store_true", help="project path: bf16 autocast (CUDA)")
     ap.add_argument("--compile", action="store_true", help="project path: torch.compile")
     ap.add_argument("--full-epoch", action="store_true", help="time one real epoch per path")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    ap.add_argument("--memory", choices=["subprocess", "off"], default=None,
-                    help="per-path peak memory in fresh subprocesses (default: on unless --quick)")
-    ap.add_argument("--json", default=None, help="also write rows + metadata to this file")
-    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     q = args.quick
     args.width = args.width or (0.25 if q else 1.0)
@@ -245,10 +239,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args.block = args.block or (1 if q else 3)
     args.rounds = args.rounds or (2 if q else 4)
     args.workers = args.workers if args.workers is not None else (2 if q else 4)
-    args.memory = args.memory or ("off" if q else "subprocess")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    device = C.resolve_device(args.device)
+    device = C.apply_common_args(args)
     if args.child:
         child_main(args, device)
         return []
@@ -280,9 +271,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             lo, hi = row["spread_ms"]
             print(f"{name:9s} {row['path']:9s} {row['ms_per_step']:9.1f} "
                   f"{row['images_per_s']:8.1f} {f'{lo:.0f}..{hi:.0f}':>15s} "
-                  f"{row['epoch_s']:8.1f} {C.fmt_mib(row.get('peak_rss_mib')):>8s} "
-                  f"{C.fmt_mib(row.get('workers_uss_mib')):>8s} "
-                  f"{C.fmt_mib(row.get('gpu_peak_mib')):>8s}")
+                  f"{row['epoch_s']:8.1f} {C.memory_cells(row)}")
         ratio = model_rows[1]["ms_per_step"] / model_rows[0]["ms_per_step"]
         for row in model_rows:
             row["speedup_project_over_reference"] = ratio
@@ -293,10 +282,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         rows.extend(model_rows)
     print(f"s/epoch: {rows[0]['epoch_s_how']} (N={args.n_epoch}); RSS: peak (VmHWM) of a fresh "
           "process running one path; wkr USS: private memory summed over its live workers")
-    meta["load_avg_end"] = [round(v, 2) for v in C.load_average()]
-    print(f"load average at end: {meta['load_avg_end']} | device {meta['device']}", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    C.finish(meta, rows, args.json, suffix=f" | device {meta['device']}")
     return rows
 
 

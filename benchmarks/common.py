@@ -11,6 +11,7 @@ of its live DataLoader workers, and ``torch.cuda.max_memory_allocated`` on CUDA.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
@@ -312,3 +313,37 @@ def prefetch_depth(loader: DataLoader) -> int:
     if loader.num_workers == 0:
         return 0
     return loader.num_workers * (loader.prefetch_factor or 2)
+
+
+def add_common_args(ap: Any) -> None:
+    """Options every benchmark script shares (argparse.ArgumentParser)."""
+    ap.add_argument("--quick", action="store_true", help="tiny run (seconds): smoke test")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument("--memory", choices=["subprocess", "off"], default=None,
+                    help="per-path peak memory in fresh subprocesses (default: on unless --quick)")
+    ap.add_argument("--json", default=None, help="also write rows + metadata to this file")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+
+
+def apply_common_args(args: Any) -> torch.device:
+    """Fill --memory's default, set --threads, and return the device of --device."""
+    args.memory = args.memory or ("off" if args.quick else "subprocess")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    return resolve_device(args.device)
+
+
+def memory_cells(row: dict[str, Any]) -> str:
+    """The three memory columns of a result row: peak RSS, workers' USS, GPU peak (MiB)."""
+    return " ".join(f"{fmt_mib(row.get(k)):>8s}"
+                    for k in ("peak_rss_mib", "workers_uss_mib", "gpu_peak_mib"))
+
+
+def finish(meta: dict[str, Any], rows: list[dict[str, Any]], json_path: str | None,
+           suffix: str = "") -> None:
+    """Print the closing load average and write rows + metadata to ``json_path`` if given."""
+    meta["load_avg_end"] = [round(v, 2) for v in load_average()]
+    print(f"load average at end: {meta['load_avg_end']}{suffix}", flush=True)
+    if json_path:
+        Path(json_path).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
