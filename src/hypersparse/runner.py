@@ -116,6 +116,8 @@ def execute(
     (so the grid goes on and tables show the failure); otherwise the error propagates.
     """
     run_dir = Path(run_dir)
+    if dense_dir is not None and not isinstance(dense_dir, DenseFiles):
+        dense_dir = DenseFiles(dense_dir)
     method_cls = get_method(spec.family)
     params = build_params(spec.family, spec.params, f"methods.{spec.method}")
     if finished(run_dir):
@@ -139,7 +141,7 @@ def execute(
     if not spec_path.exists():
         atomic_write_json(spec_path, spec.to_dict())
     try:
-        extra = method.run(trainer, dense_dir if isinstance(dense_dir, DenseFiles) or dense_dir is None else Path(dense_dir))
+        extra = method.run(trainer, dense_dir)
     except DivergenceError as exc:
         if not record_failure:
             raise
@@ -194,7 +196,7 @@ def _metrics(
         "spec": spec.to_dict(),
         "versions": package_versions(),
         "git_commit": git_commit(),
-        **{k: v for k, v in rep.items()},
+        **rep,
         **extra,
     }
     if target is not None and not metrics["sparsity_ok"]:

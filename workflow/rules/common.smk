@@ -7,7 +7,6 @@ import yaml
 
 from hypersparse import config as hsconfig
 from hypersparse.data import prepared_dir
-from hypersparse.spec import kappa_tag
 
 # config/config.yaml is the default; --configfile replaces it whole (no merging of method
 # lists), --config overrides top-level keys of whichever file is used.
@@ -49,28 +48,25 @@ def data_files(dataset):
     return [f"{folder}/{name}" for name in ("train.npz", "test.npz", "meta.json")]
 
 
-def run_dir(dataset, model, method, kappa, seed):
-    return f"{RUNS}/{dataset}/{model}/{method}/k{kappa}/seed{seed}"
-
-
-def spec_json(wc, method=None):
+def spec_json(wc, method=None, kappa=None):
     """The resolved run spec of a job, as JSON (Snakemake reruns a job when it changes)."""
     method = method or wc.method
+    kappa = float(wc.kappa if kappa is None else kappa)
     return json.dumps(
-        hsconfig.run_spec(CFG, wc.dataset, wc.model, method, float(wc.kappa), int(wc.seed)),
-        sort_keys=True,
+        hsconfig.run_spec(CFG, wc.dataset, wc.model, method, kappa, int(wc.seed)), sort_keys=True
     )
 
 
 def grid_runs(dataset, model, methods=None):
     """metrics.json of every run of one (data set, model) in the grid."""
-    out = [f"{run_dir(dataset, model, 'dense', '0', s)}/metrics.json" for s in CFG["seeds"]]
+    cells = [("dense", 0.0)]
     for m in methods if methods is not None else SPARSE + KAPPA_FREE:
-        ktags = [kappa_tag(k) for k in hsconfig.method_kappas(CFG, m)] if m in SPARSE else ["k0"]
-        for k in ktags:
-            for s in CFG["seeds"]:
-                out.append(f"{run_dir(dataset, model, m, k[1:], s)}/metrics.json")
-    return out
+        cells += [(m, k) for k in (hsconfig.method_kappas(CFG, m) if m in SPARSE else [0.0])]
+    return [
+        f"{hsconfig.run_dir(CFG, dataset, model, m, k, s)}/metrics.json"
+        for m, k in cells
+        for s in CFG["seeds"]
+    ]
 
 
 def all_runs():
@@ -86,7 +82,7 @@ def train_resources():
 
 
 def dense_inputs(wc):
-    dense = run_dir(wc.dataset, wc.model, "dense", "0", wc.seed)
+    dense = hsconfig.run_dir(CFG, wc.dataset, wc.model, "dense", 0.0, wc.seed)
     return [f"{dense}/{name}" for name in hsconfig.dense_inputs(CFG, wc.method)]
 
 

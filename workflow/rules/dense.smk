@@ -18,9 +18,7 @@ rule dense:
         "../../environment.yml"
     params:
         plugins=plugin_flags(),
-        spec=lambda wc: json.dumps(
-            hsconfig.run_spec(CFG, wc.dataset, wc.model, "dense", 0.0, int(wc.seed)), sort_keys=True
-        ),
+        spec=lambda wc: spec_json(wc, "dense", 0.0),
         out=lambda wc, output: os.path.dirname(output.metrics),
     shell:
         "hypersparse train --spec-json {params.spec:q} --out {params.out:q} --threads {threads} "
