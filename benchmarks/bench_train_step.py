@@ -5,8 +5,9 @@ step (momentum 0.9, weight decay 1e-4), batch 64, 32 px, 10 classes, synthetic C
 data (50,000 images by default) generated in-process. Both paths train the project's own model
 (hypersparse.models.build_model, same init), so the difference is the pipeline around it:
   project    - BatchLoader on the uint8 tensor (batch-wise augmentation on the device), the
-               engine's step (Trainer._train_epoch: CE on float logits, hypersparse_loss by
-               selection, zero_grad(set_to_none), on-device loss/accuracy sums, no syncs);
+               engine's step (Trainer._train_epoch: CE on float logits, zero_grad(set_to_none),
+               the HS gradient added into w.grad by HyperSparseGradient as ART does,
+               on-device loss/accuracy sums, no syncs);
                on CUDA channels_last + cudnn.benchmark like the engine, optional --bf16
                (autocast) and --compile (torch.compile of the model)
   reference  - the authors' pipeline rebuilt from stock parts: PIL-per-item Dataset +
@@ -48,7 +49,7 @@ from bench_hs_overhead import authors_sort_hs  # noqa: E402  (the authors' sort-
 from hypersparse.data import BatchLoader  # noqa: E402
 from hypersparse.masks import prunable_weights  # noqa: E402
 from hypersparse.models import build_model  # noqa: E402
-from hypersparse.regularizers import hypersparse_loss  # noqa: E402
+from hypersparse.regularizers import HyperSparseGradient  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 ALPHA = 5e-6  # lambda_init of the authors' code: the size does not change the cost
@@ -74,6 +75,7 @@ def project_path(args: argparse.Namespace, name: str, device: torch.device
         torch.backends.cudnn.benchmark = True
         model = model.to(memory_format=torch.channels_last)
     weights = prunable_weights(model)
+    hs = HyperSparseGradient()
     fwd = torch.compile(model) if args.compile else model
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
     amp = args.bf16 and cuda
@@ -91,9 +93,10 @@ def project_path(args: argparse.Namespace, name: str, device: torch.device
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out = fwd(x)
             loss = F.cross_entropy(out.float(), y)
-        total = loss + ALPHA * hypersparse_loss(weights, KAPPA) if args.reg == "hs" else loss
         opt.zero_grad(set_to_none=True)
-        total.backward()
+        loss.backward()
+        if args.reg == "hs":  # as ArtHooks.before_step does
+            hs.add_to_grads_(weights, KAPPA, ALPHA)
         opt.step()
         st["loss_sum"] += loss.detach() * y.numel()
         st["correct"] += (out.detach().argmax(1) == y).sum()

@@ -88,7 +88,8 @@ def test_selector_no_candidate_never_stops():
     assert s.needed_epochs() == {0}  # the newest stays available as the fallback candidate
 
 
-def test_loss_term_is_alpha_times_the_chosen_regularizer(tmp_path):
+def test_art_step_adds_alpha_times_the_chosen_regularizer_gradient(tmp_path):
+    """Engine order: CE backward (+ loss_term), then before_step; HS arrives in before_step."""
     from hypersparse.methods.art import ArtHooks
     from hypersparse.models import build_model
     from hypersparse.regularizers import REGULARIZERS
@@ -96,17 +97,26 @@ def test_loss_term_is_alpha_times_the_chosen_regularizer(tmp_path):
     torch.manual_seed(0)
     model = build_model("resnet8", 10, in_channels=1, width=0.25)
 
-    class FakeTrainer:  # loss_term reads only the global epoch
+    class FakeTrainer:  # the hooks read only the global epoch and the model
         epoch = 3
 
+    FakeTrainer.model = model
     ws = M.prunable_weights(model)
+    x = torch.randn(8, 1, 16, 16)
     for name in ("hs", "l1", "l2"):
         p = ArtParams(regularizer=name, lambda_init=0.5, eta=2.0, warmup_epochs=1)
         hooks = ArtHooks(p, 0.9, tmp_path)
-        got = torch.autograd.grad(hooks.loss_term(FakeTrainer(), model), ws)  # type: ignore[arg-type]
+        model.zero_grad(set_to_none=True)
+        ce = model(x).logsumexp(1).mean()
+        ce_grads = torch.autograd.grad(ce, ws, retain_graph=True)
+        extra = hooks.loss_term(FakeTrainer(), model)  # type: ignore[arg-type]
+        assert (extra is None) == (name == "hs")
+        (ce if extra is None else ce + extra).backward()
+        hooks.before_step(FakeTrainer())  # type: ignore[arg-type]
         want = torch.autograd.grad(REGULARIZERS[name](ws, 0.9), ws)
-        assert all(torch.allclose(g, 2.0 * w) for g, w in zip(got, want, strict=True))
-        assert any(float(g.abs().max()) > 0 for g in got)
+        for w, g0, r in zip(ws, ce_grads, want, strict=True):
+            torch.testing.assert_close(w.grad, g0 + 2.0 * r, rtol=1e-5, atol=1e-7)
+        assert any(float(r.abs().max()) > 0 for r in want)
 
 
 # ---------------------------------------------------------------------------- end to end

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+import hypersparse.hs_select as S
 import hypersparse.regularizers as R
 from hypersparse.regularizers import (
     HS_CONSTANT,
@@ -65,9 +66,9 @@ def chunking(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     """Run a test with the default sizes and with tiny chunks, sample and plain-select limit,
     so that small inputs exercise the chunked, bracketed code path too."""
     if request.param == "small_chunks":
-        monkeypatch.setattr(R, "_CPU_CHUNK", 4096)
-        monkeypatch.setattr(R, "_SMALL_N", 500)
-        monkeypatch.setattr(R, "_SAMPLE", 256)
+        monkeypatch.setattr(S, "CPU_CHUNK", 4096)
+        monkeypatch.setattr(S, "SMALL_N", 500)
+        monkeypatch.setattr(S, "SAMPLE", 256)
     return request.param
 
 
@@ -148,17 +149,18 @@ def test_bracket_path_is_taken_without_full_selection(
 ) -> None:
     """With N above the plain-select limit, a_k comes from the bracket, not a full kthvalue."""
     calls: dict[str, list[int]] = {"bracket": [], "select": []}
-    real_bracket, real_select = R._bracket_count, R.kth_smallest
+    real_init, real_select = S.BracketCount.__init__, S.kth_smallest
 
-    def bracket(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def bracket(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         calls["bracket"].append(1)
-        return real_bracket(*args, **kwargs)
+        real_init(self, *args, **kwargs)
 
     def select(values: torch.Tensor, k: int) -> torch.Tensor:
         calls["select"].append(values.numel())
         return real_select(values, k)
 
-    monkeypatch.setattr(R, "_bracket_count", bracket)
+    monkeypatch.setattr(S.BracketCount, "__init__", bracket)
+    monkeypatch.setattr(S, "kth_smallest", select)
     monkeypatch.setattr(R, "kth_smallest", select)
     w = torch.randn(400_000)
     g = hypersparse_grad([w], 0.9)[0]
@@ -176,8 +178,8 @@ def test_threshold_over_several_tensors_and_fallback(monkeypatch: pytest.MonkeyP
     assert torch.equal(kth_smallest_abs(ws, k), srt[k])
     # A zero-width bracket can never hold a_k of distinct values: the widening and then the
     # full-selection fallback must still give the exact value.
-    monkeypatch.setattr(R, "_MARGINS_SD", (0.0,))
-    monkeypatch.setattr(R, "_SAMPLE", 8)
+    monkeypatch.setattr(S, "MARGINS_SD", (0.0,))
+    monkeypatch.setattr(S, "SAMPLE", 8)
     assert torch.equal(kth_smallest_abs(ws, k), srt[k])
 
 
@@ -288,3 +290,71 @@ def test_registry() -> None:
     torch.testing.assert_close(REGULARIZERS["l1"](ws, 0.9), l1_loss(ws))
     torch.testing.assert_close(REGULARIZERS["l2"](ws, 0.3), l2_loss(ws))
     assert REGULARIZERS["hs"](ws, 0.9).item() == 0.0
+
+
+# ------------------------------------------------------------ HyperSparseGradient (training)
+def _fresh_grad(ws: list[torch.Tensor], rate: float) -> list[torch.Tensor]:
+    return hypersparse_grad([w.detach() for w in ws], rate)
+
+
+def test_training_gradient_over_steps_equals_the_closed_form(
+    chunking: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Across drifting steps (previous-a_k brackets), jumps (bracket misses) and a changed
+    weight list (buffers rebuilt), w.grad gains exactly alpha * the fresh closed form."""
+    selected: list[int] = []
+    real_select = S.kth_smallest
+
+    def select(values: torch.Tensor, k: int) -> torch.Tensor:
+        selected.append(values.numel())
+        return real_select(values, k)
+
+    monkeypatch.setattr(S, "kth_smallest", select)
+    g = torch.Generator().manual_seed(11)
+    ws = [torch.randn(300, 500, generator=g) * 0.05, torch.randn(200_000, generator=g) * 0.01]
+    ws = [w.requires_grad_() for w in ws]
+    n = sum(w.numel() for w in ws)
+    hs = R.HyperSparseGradient()
+    alpha = 0.37
+    for step in range(8):
+        base = [torch.randn(w.shape, generator=g) for w in ws]
+        for w, b in zip(ws, base, strict=True):
+            w.grad = b.clone()
+        want = _fresh_grad(ws, 0.9)
+        selected.clear()
+        misses = hs.bracket_misses
+        hs.add_to_grads_(ws, 0.9, alpha)
+        if step == 5:  # the doubling after step 4 left the previous-a_k bracket
+            assert hs.bracket_misses == misses + 1
+        elif step >= 2:
+            assert hs.bracket_misses == misses, step
+        for w, b, r in zip(ws, base, want, strict=True):
+            torch.testing.assert_close(w.grad, b + alpha * r, rtol=1e-6, atol=3e-7)
+        if step in (2, 3, 4):  # drifted steps: only a sliver of |w| was selected from
+            assert max(selected) < n // 100, (step, selected)
+        elif step > 5:  # after the jump the margin is wide, then narrows again
+            assert max(selected) < n // 10, (step, selected)
+        with torch.no_grad():
+            for w in ws:
+                w.mul_(2.0 if step == 4 else 1.0 - 1e-3 * torch.rand((), generator=g))
+    other = [torch.randn(70_000, generator=g).requires_grad_()]
+    hs.add_to_grads_(other, 0.5, 1.0)
+    torch.testing.assert_close(other[0].grad, _fresh_grad(other, 0.5)[0], rtol=1e-6, atol=0)
+
+
+def test_training_gradient_edge_cases() -> None:
+    w = torch.randn(1000, requires_grad=True)
+    hs = R.HyperSparseGradient()
+    hs.add_to_grads_([w], 0.9, 0.0)  # alpha 0: nothing to add
+    assert w.grad is None
+    hs.add_to_grads_([w], 0.9, 1.0)  # a missing grad counts as zero
+    torch.testing.assert_close(w.grad, _fresh_grad([w], 0.9)[0], rtol=1e-6, atol=0)
+    with torch.no_grad():
+        w[:950] = 0.0  # a_k = 0: target met, the HS gradient is exactly 0
+    w.grad = torch.ones_like(w)
+    hs.add_to_grads_([w], 0.9, 5.0)
+    assert torch.all(w.grad == 1.0)
+    with pytest.raises(ValueError, match="prune_rate"):
+        hs.add_to_grads_([w], 1.0, 1.0)
+    with pytest.raises(ValueError, match="at least one"):
+        hs.add_to_grads_([], 0.9, 1.0)

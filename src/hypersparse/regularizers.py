@@ -9,17 +9,17 @@ HyperSparse, for the flattened prunable weights w (N of them) and pruning rate k
 Only this gradient matters. The authors' loss value, sum|w| * T / stopgrad(T) - sum|w|, is
 identically 0; :func:`hypersparse_loss` returns the same value (exactly 0, so a logged total
 loss CE + alpha * HS equals the authors'), and its autograd gradient is the closed form above.
+In training, ART adds alpha * dL/dw straight into ``w.grad`` after the cross-entropy backward
+(:class:`HyperSparseGradient`), which is the same sum without an autograd round trip.
 
-Speed (the project target: a training step with HS costs <= 1.05x one without):
-- a_k by an exact *bracketed selection*: a strided sample of |w| gives a narrow value bracket
-  [lo, hi] around the k-th value; one pass counts |w| < lo and gathers the few |w| in
-  [lo, hi]; ``torch.kthvalue`` on those gives a_k exactly. If the bracket misses (unlikely by
-  construction) it is widened, then the full ``kthvalue`` is used. No sort, no N-sized copy.
-- the gradient is computed in the forward pass (an autograd.Function), on CPU in chunks of
-  2**20 elements through preallocated buffers (no page-faulting temporaries; big enough that
-  the ~15 ops per chunk stay few, which matters when other processes share the cores), with
-  sech^2(x) = 4 sigma(2x) (1 - sigma(2x)) and tanh(x) = 2 sigma(2x) - 1 (the sigmoid kernel
-  is about twice as fast as tanh on CPU); backward is one in-place scaling per tensor.
+Speed (the project target: a training step with HS costs <= 1.05x one without), three passes
+over the weights in cache-sized chunks, through buffers that persist across steps:
+1. |w| into the buffer, ||w||_1, and the block counts that give a_k exactly
+   (:mod:`hypersparse.hs_select`; inside training the bracket is the previous a_k +- a
+   margin that adapts to how fast a_k moves, so only ~1e-4 of the weights are gathered);
+2. p = sigma(2 s |w|) in place and its sum (T = 2 sum p - N, as tanh(x) = 2 sigma(2x) - 1;
+   the sigmoid kernel is about 3x faster than tanh on CPU), then p (1 - p) = sech^2(s|w|) / 4;
+3. w.grad += alpha * 4 s ||w||_1 / T * sign(w) p (1 - p).
 Sums are per chunk in float32 (pairwise inside PyTorch) and accumulated in float64; at
 N = 1e8 the gradient still matches a float64 reference to < 1e-5 (tests).
 """
@@ -27,24 +27,24 @@ N = 1e8 the gradient still matches a float64 reference to < 1e-5 (tests).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from hypersparse import hs_select as S
+from hypersparse.hs_select import kth_smallest_abs
 from hypersparse.masks import kth_smallest, target_zeros
 
 HS_CONSTANT = 0.6585  # ~ artanh(1/sqrt(3)): sech^2(s|w|) has its inflection at |w| = a_k
 
-_CPU_CHUNK = 1 << 20  # elements per CPU chunk: 4 MiB buffers stay in L3, and few ops
-_SMALL_N = 1 << 18  # up to this many values a plain kthvalue is as fast as the bracket
-_SAMPLE = 1 << 16  # target size of the strided sample that brackets a_k
-_MARGINS_SD = (5.0, 40.0)  # bracket half-widths in standard deviations of the sample rank
+_HINT_MARGIN = (2e-4, 0.05)  # relative half-width of the previous-a_k bracket: (min, max)
 
 __all__ = [
     "HS_CONSTANT",
     "REGULARIZERS",
+    "HyperSparseGradient",
     "hs_threshold_scale",
     "hypersparse_grad",
     "hypersparse_loss",
@@ -60,110 +60,12 @@ def _check_rate(prune_rate: float) -> None:
         raise ValueError(f"prune_rate must be in [0, 1), got {prune_rate}")
 
 
-def _chunks(values: Tensor) -> list[Tensor]:
-    """Flat views of ``values`` sized for the cache on CPU; one piece on accelerators."""
-    flat = values.detach().reshape(-1)
-    if flat.device.type == "cpu" and flat.numel() > _CPU_CHUNK:
-        return list(flat.split(_CPU_CHUNK))
-    return [flat]
-
-
-def _strided_abs_sample(chunks: Sequence[Tensor], stride: int) -> Tensor:
-    """|v| at positions 0, stride, 2*stride, ... of the concatenation of ``chunks``."""
-    parts, pos = [], 0
-    for c in chunks:
-        start = (-pos) % stride
-        if start < c.numel():
-            parts.append(c[start::stride])
-        pos += c.numel()
-    return torch.cat(parts).abs()
-
-
-class _Scratch:
-    """Reusable chunk-sized buffers, so the hot loops allocate nothing large.
-
-    Fresh multi-megabyte allocations page-fault on every use (glibc hands them back to the
-    OS), which made an ``abs`` over VGG-19's weights ~8x slower than the same op with
-    ``out=``. Comparisons write float 0/1 masks: on CPU that is ~2.5x faster than a bool
-    output, and a float sum of a chunk's mask is an exact count (chunks are < 2**24).
-    """
-
-    def __init__(self, chunks: Sequence[Tensor]) -> None:
-        size = max(c.numel() for c in chunks)
-        ref = chunks[0]
-        self.f = [torch.empty(size, dtype=ref.dtype, device=ref.device) for _ in range(3)]
-        self.m = torch.empty(size, dtype=torch.bool, device=ref.device)
-
-    def buf(self, i: int, c: Tensor) -> Tensor:
-        """Float buffer ``i`` cut to the size of chunk ``c``."""
-        return self.f[i][: c.numel()]
-
-
-def _bracket_count(
-    chunks: Sequence[Tensor], lo: float, hi: float, scratch: _Scratch
-) -> tuple[int, int, list]:
-    """(#|v| < lo, #lo <= |v| <= hi, those values; empty list when lo == hi) in one pass."""
-    at_least_lo, inside, cand = [], [], []
-    for c in chunks:
-        a = torch.abs(c, out=scratch.buf(0, c))
-        ge = torch.ge(a, lo, out=scratch.buf(1, c))
-        at_least_lo.append(ge.sum())
-        ge.mul_(torch.le(a, hi, out=scratch.buf(2, c)))  # 1.0 where lo <= |v| <= hi
-        if lo == hi:
-            inside.append(ge.sum())
-        else:
-            mask = scratch.m[: c.numel()].copy_(ge)
-            cand.append(a[mask])
-    n = sum(c.numel() for c in chunks)
-    n_lt = n - int(torch.stack(at_least_lo).double().sum())
-    if lo == hi:
-        n_in = int(torch.stack(inside).double().sum())
-    else:
-        n_in = sum(x.numel() for x in cand)
-    return n_lt, n_in, cand
-
-
-def _kth_abs_in_chunks(chunks: Sequence[Tensor], k: int, scratch: _Scratch | None = None) -> Tensor:
-    """Exact k-th smallest (0-based) |v| over all chunks, as a 0-d tensor (see module doc)."""
-    n = sum(c.numel() for c in chunks)
-    if not 0 <= k < n:
-        raise ValueError(f"k={k} out of range for {n} values")
-    if n <= _SMALL_N or chunks[0].device.type != "cpu":
-        # CUDA kthvalue is a radix select; small CPU inputs are fast enough as they are.
-        return kth_smallest(torch.cat([c.abs() for c in chunks]), k)
-    stride = max(1, n // _SAMPLE) | 1  # odd, so it rarely aligns with kernel/channel sizes
-    sample = _strided_abs_sample(chunks, stride)
-    scratch = scratch or _Scratch(chunks)
-    m = sample.numel()
-    q = (k + 0.5) / n
-    centre = q * m
-    sd = math.sqrt(m * q * (1.0 - q)) + 1.0
-    for width in _MARGINS_SD:
-        r_lo = int(math.floor(centre - width * sd)) - 2
-        r_hi = int(math.ceil(centre + width * sd)) + 2
-        lo = 0.0 if r_lo < 0 else float(torch.kthvalue(sample, r_lo + 1).values)
-        hi = math.inf if r_hi >= m else float(torch.kthvalue(sample, r_hi + 1).values)
-        n_lt, n_in, cand = _bracket_count(chunks, lo, hi, scratch)
-        if n_lt <= k < n_lt + n_in:
-            if lo == hi:
-                return sample.new_tensor(lo)
-            return kth_smallest(torch.cat(cand), k - n_lt)
-    return kth_smallest(torch.cat([c.abs() for c in chunks]), k)  # pragma: no cover
-
-
-def kth_smallest_abs(weights: Sequence[Tensor], k: int) -> Tensor:
-    """Exact k-th smallest (0-based) |w| over all tensors, by bracketed selection (no sort)."""
-    chunks = [c for w in weights for c in _chunks(w)]
-    return _kth_abs_in_chunks(chunks, k)
-
-
 def _scale_from_threshold(a_k: Tensor) -> Tensor:
     """s = 0.6585 / a_k, with a_k clamped to the smallest positive normal number.
 
     a_k = 0 means more than floor(kappa*N) weights are exactly 0 (the target sparsity is
-    already met). The clamp keeps s finite (~5.6e37 in float32); then sech^2(s|w|) = 0 for
-    every nonzero weight and sign(0) = 0 for the zeros, so the HS gradient is exactly 0, the
-    limit s -> infinity of the formula.
+    already met). The clamp keeps s finite (~5.6e37 in float32); the HS gradient is then
+    defined as exactly 0, the limit s -> infinity of the formula for every nonzero weight.
     """
     a_k = a_k.detach()
     tiny = torch.finfo(a_k.dtype).tiny if a_k.is_floating_point() else 1e-38
@@ -177,45 +79,135 @@ def hs_threshold_scale(flat_abs_w: Tensor, prune_rate: float) -> Tensor:
     if n == 0:
         raise ValueError("hs_threshold_scale needs at least one weight")
     k = min(target_zeros(prune_rate, n), n - 1)
-    return _scale_from_threshold(_kth_abs_in_chunks(_chunks(flat_abs_w), k))
+    return _scale_from_threshold(kth_smallest_abs([flat_abs_w], k))
 
 
-@torch.no_grad()
-def _hs_direction(weights: Sequence[Tensor], prune_rate: float) -> tuple[list[Tensor], Tensor]:
-    """(h_i, c): the HS gradient is c * h_i, h_i = sign(w) sig(2s|w|)(1 - sig(2s|w|)).
+class HyperSparseGradient:
+    """The exact HS gradient of a fixed list of weights, step after step.
 
-    c = 4 s ||w||_1 / T. One pass for a_k, one fused (chunked) pass for ||w||_1, T and h.
+    Keeps one |w|-sized buffer per weight and chunk-sized scratch between calls (no large
+    allocations per step), and the last a_k, whose neighbourhood brackets the next a_k.
+    Neither changes a result: a_k is the exact order statistic whatever the bracket.
     """
-    _check_rate(prune_rate)
-    if len(weights) == 0:
-        raise ValueError("hypersparse regularizer needs at least one weight tensor")
-    pieces = [_chunks(w) for w in weights]
-    flat_chunks = [c for ps in pieces for c in ps]
-    n = sum(c.numel() for c in flat_chunks)
-    if n == 0:
-        raise ValueError("hypersparse regularizer needs at least one weight")
-    k = min(target_zeros(prune_rate, n), n - 1)
-    scratch = _Scratch(flat_chunks)
-    s_t = _scale_from_threshold(_kth_abs_in_chunks(flat_chunks, k, scratch))
-    on_cpu = s_t.device.type == "cpu"
-    two_s: float | Tensor = 2.0 * float(s_t) if on_cpu else 2.0 * s_t
-    l1_parts, p_parts, hs = [], [], []
-    for w, ps in zip(weights, pieces, strict=True):
-        h = torch.empty(w.shape, dtype=w.dtype, device=w.device)
-        for c, hc in zip(ps, _chunks(h), strict=True):
-            a = torch.abs(c, out=scratch.buf(0, c))
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._hint: float | None = None
+        self._margin = _HINT_MARGIN[0]
+        self.bracket_misses = 0  # steps whose previous-a_k bracket missed (for benchmarks)
+
+    def _prepare(self, weights: Sequence[Tensor]) -> None:
+        """(Re)build buffers when the weights are not the ones of the last call."""
+        if len(weights) == 0:
+            raise ValueError("hypersparse regularizer needs at least one weight tensor")
+        key = tuple((w.data_ptr(), tuple(w.shape), w.stride(), w.dtype) for w in weights)
+        if key == self._key:
+            return
+        n = sum(w.numel() for w in weights)
+        if n == 0:
+            raise ValueError("hypersparse regularizer needs at least one weight")
+        self._key, self._hint, self._margin, self.n = key, None, _HINT_MARGIN[0], n
+        self.buffers = [torch.empty_like(w.detach()) for w in weights]
+        self.w_chunks = [c for w in weights for c in S.cpu_chunks(w)]
+        self.b_chunks = [c for b in self.buffers for c in S.cpu_chunks(b)]
+        self.on_cpu = self.b_chunks[0].device.type == "cpu"
+        self.scratch = S.Scratch(self.b_chunks) if self.on_cpu else None
+
+    def _threshold(self, k: int) -> tuple[Tensor, Tensor]:
+        """Pass 1: buffers = |w|; returns (a_k, ||w||_1 in float64)."""
+        count, first = None, None
+        if self.on_cpu and self.n > S.SMALL_N:
+            if self._hint is not None:
+                first = (self._hint * (1.0 - self._margin), self._hint * (1.0 + self._margin))
+            else:
+                first = S.sampled_brackets(self.w_chunks, k)[0]
+            count = S.BracketCount(*first, self.scratch)
+        l1_parts = []
+        for wc, bc in zip(self.w_chunks, self.b_chunks, strict=True):
+            a = torch.abs(wc, out=bc)
             l1_parts.append(a.sum())
-            p = a.mul_(two_s).sigmoid_()  # p = sigma(2 s |w|), in place
+            if count is not None:
+                count.add(a)
+        l1 = torch.stack(l1_parts).double().sum()
+        if count is None:  # CUDA kthvalue is a radix select; small CPU inputs are fast as is
+            return kth_smallest(torch.cat([b.reshape(-1) for b in self.b_chunks]), k), l1
+
+        def brackets() -> Iterator[tuple[float, float]]:
+            yield first
+            yield from S.sampled_brackets(self.b_chunks, k)[self._hint is None :]
+
+        a_k, hit = S.kth_abs_of_chunks(self.b_chunks, k, brackets(), self.scratch, count)
+        self._update_hint(float(a_k), hit)
+        return a_k, l1
+
+    def _update_hint(self, a_k: float, hit: bool) -> None:
+        """Next bracket: a_k +- a margin ~4x its last relative move, within _HINT_MARGIN."""
+        lo, hi = _HINT_MARGIN
+        if self._hint is not None:
+            self.bracket_misses += not hit
+            move = abs(a_k / self._hint - 1.0)
+            self._margin = min(hi, max(lo, 4.0 * move, 0.8 * self._margin))
+        self._hint = a_k if 0.0 < a_k < math.inf else None
+
+    @torch.no_grad()
+    def _direction(self, weights: Sequence[Tensor], prune_rate: float) -> Tensor | None:
+        """Passes 1-2: buffers = p (1 - p), p = sigma(2 s |w|); returns c = 4 s ||w||_1 / T.
+
+        The HS gradient is c * sign(w) * buffer. None when a_k = 0 (gradient exactly 0).
+        """
+        _check_rate(prune_rate)
+        self._prepare(weights)
+        k = min(target_zeros(prune_rate, self.n), self.n - 1)
+        a_k, l1 = self._threshold(k)
+        if self.on_cpu and float(a_k) == 0.0:
+            return None
+        s_t = _scale_from_threshold(a_k)
+        two_s: float | Tensor = 2.0 * float(s_t) if self.on_cpu else 2.0 * s_t
+        p_parts = []
+        for bc in self.b_chunks:
+            p = bc.mul_(two_s).sigmoid_()
             p_parts.append(p.sum())
-            q = torch.sign(c, out=scratch.buf(1, c)).mul_(p)  # sign(w) p
-            torch.addcmul(q, q, p, value=-1.0, out=hc)  # sign(w) p (1 - p) = sign sech^2 / 4
-        hs.append(h)
-    l1 = torch.stack(l1_parts).double().sum()
-    t = 2.0 * torch.stack(p_parts).double().sum() - n  # T = sum tanh = sum (2p - 1)
-    # T = 0 only when every weight is 0; then every h is 0 too, and c = 0 keeps it finite.
-    c = torch.where(t > 0, 4.0 * s_t.double() * l1 / t.clamp_min(1e-300), torch.zeros_like(t))
-    fmax = torch.finfo(hs[0].dtype).max
-    return hs, c.clamp_max(fmax).to(hs[0].dtype)
+            p.addcmul_(p, p, value=-1.0)  # p (1 - p) = sech^2(s|w|) / 4
+        t = 2.0 * torch.stack(p_parts).double().sum() - self.n  # T = sum (2p - 1)
+        # a_k = 0 on CUDA (no host sync to test it): s is huge, and c = 0 unless T > 0.
+        c = torch.where(t > 0, 4.0 * s_t.double() * l1 / t.clamp_min(1e-300), torch.zeros_like(t))
+        if not self.on_cpu:
+            c = torch.where(a_k > 0, c, torch.zeros_like(c))
+        return c.clamp_max(torch.finfo(self.buffers[0].dtype).max)
+
+    @torch.no_grad()
+    def add_to_grads_(self, weights: Sequence[Tensor], prune_rate: float, alpha: float) -> None:
+        """w.grad += alpha * dHS/dw for every weight (a missing grad counts as zero)."""
+        _check_rate(prune_rate)
+        if alpha == 0.0:
+            return
+        c = self._direction(weights, prune_rate)
+        if c is None:
+            return
+        grads = []
+        for w in weights:
+            if w.grad is None:
+                w.grad = torch.zeros_like(w)
+            grads.extend(S.cpu_chunks(w.grad))
+        fmax = torch.finfo(self.buffers[0].dtype).max
+        for wc, bc, gc in zip(self.w_chunks, self.b_chunks, grads, strict=True):
+            if self.on_cpu:
+                sign = torch.sign(wc, out=self.scratch.buf(0, wc))
+                gc.addcmul_(sign, bc, value=max(-fmax, min(fmax, alpha * float(c))))
+            else:
+                gc.addcmul_(torch.sign(wc), bc.mul_((alpha * c).to(bc.dtype)))
+
+    @torch.no_grad()
+    def gradient(self, weights: Sequence[Tensor], prune_rate: float) -> tuple[list[Tensor], Tensor]:
+        """(h, c): new tensors h = sign(w) p (1 - p) and the scalar c; dHS/dw = c * h."""
+        c = self._direction(weights, prune_rate)
+        hs = [torch.zeros_like(w) for w in weights]
+        if c is None:
+            return hs, torch.zeros((), dtype=hs[0].dtype, device=hs[0].device)
+        h_chunks = [ch for h in hs for ch in S.cpu_chunks(h)]
+        for wc, bc, hc in zip(self.w_chunks, self.b_chunks, h_chunks, strict=True):
+            torch.sign(wc, out=hc).mul_(bc)
+        return hs, c.to(hs[0].dtype)
 
 
 class _HyperSparseFunction(torch.autograd.Function):
@@ -223,7 +215,7 @@ class _HyperSparseFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, prune_rate: float, *weights: Tensor) -> Tensor:  # type: ignore[override]
-        hs, c = _hs_direction(weights, prune_rate)
+        hs, c = HyperSparseGradient().gradient(weights, prune_rate)
         ctx.hs, ctx.c = hs, c
         return torch.zeros((), dtype=weights[0].dtype, device=weights[0].device)
 
@@ -249,7 +241,7 @@ def hypersparse_loss(weights: Sequence[Tensor], prune_rate: float) -> Tensor:
 
 def hypersparse_grad(weights: Sequence[Tensor], prune_rate: float) -> list[Tensor]:
     """Closed-form HS gradient per weight tensor, without autograd (for traces and tests)."""
-    hs, c = _hs_direction(weights, prune_rate)
+    hs, c = HyperSparseGradient().gradient(weights, prune_rate)
     return [h.mul_(c) for h in hs]
 
 

@@ -34,7 +34,7 @@ from torch import nn
 from .. import masks as M
 from ..engine import Hooks, Phase, Trainer
 from ..io import atomic_torch_save, load_state_dict_checked, safe_torch_load
-from ..regularizers import REGULARIZERS
+from ..regularizers import REGULARIZERS, HyperSparseGradient
 from . import art_trace as T
 from .base import Method, load_dense_weights, register
 
@@ -191,6 +191,9 @@ class ArtHooks(Hooks):
         self.stopped = False
         self.last: dict[str, Any] = {}  # the last epoch's numbers
         self._reg = REGULARIZERS[p.regularizer]
+        # HS enters as a gradient added after the CE backward (same sum, no autograd round
+        # trip, buffers kept across steps); L1 / L2 stay loss terms.
+        self._hs = HyperSparseGradient() if p.regularizer == "hs" else None
         self._loader: Any = None
 
     def on_phase_start(self, trainer: Trainer) -> None:
@@ -198,9 +201,14 @@ class ArtHooks(Hooks):
 
     def loss_term(self, trainer: Trainer, model: nn.Module) -> torch.Tensor | None:
         alpha = alpha_at(self.p, trainer.epoch)
-        if alpha == 0.0:
+        if alpha == 0.0 or self._hs is not None:
             return None
         return alpha * self._reg(M.prunable_weights(model), self.kappa)
+
+    def before_step(self, trainer: Trainer) -> None:
+        alpha = alpha_at(self.p, trainer.epoch)
+        if self._hs is not None and alpha != 0.0:
+            self._hs.add_to_grads_(M.prunable_weights(trainer.model), self.kappa, alpha)
 
     def _eval_loader(self, trainer: Trainer) -> Any:
         if self._loader is None:
