@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -61,3 +62,29 @@ def test_disconnected_layer_is_reported():
     with torch.no_grad():
         net[1].weight.zero_()
     assert M.sparsity_report(net.state_dict())["disconnected_layers"] == ["1.weight"]
+
+
+def test_masks_are_applied_in_place_without_allocations() -> None:
+    """Weights, grads and momentum are masked through torch.where(out=): no float copy of
+    the bool mask (w.mul_(mask) makes one on CPU), nothing allocated at all."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(300, 400), nn.Linear(400, 10))
+    masks = M.model_masks_by_magnitude(model, 0.9)
+    model(torch.randn(4, 300)).sum().backward()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    opt.step()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        M.apply_masks(model, masks)
+        M.mask_gradients(model, masks)
+        M.zero_momentum(opt, model, masks)
+    allocated = sum(max(e.cpu_memory_usage, 0) for e in prof.key_averages())
+    assert allocated < 1024, allocated  # 0-d zeros at most; the masks alone are 120 kB
+    for name, w in M.prunable_named_weights(model):
+        keep = masks[name]
+        assert torch.all(w[~keep] == 0) and torch.all(w.grad[~keep] == 0)
+        assert torch.all(opt.state[w]["momentum_buffer"][~keep] == 0)
+        assert torch.all(w[keep] != 0)
+    with pytest.raises(TypeError, match="bool"):
+        M.zero_where_masked_(torch.ones(3), torch.ones(3))

@@ -114,13 +114,24 @@ def model_masks_by_magnitude(model: nn.Module, kappa: float) -> Masks:
     return magnitude_masks(prunable_named_weights(model), kappa)
 
 
+def zero_where_masked_(t: torch.Tensor, mask: torch.Tensor) -> None:
+    """t[~mask] = 0 in place, allocating nothing.
+
+    ``t.mul_(bool_mask)`` would first copy the mask to t's dtype on CPU (76 MiB and ~8x the
+    time for VGG-19's 20M weights); ``torch.where`` with ``out=`` reads the bool mask as is.
+    """
+    if mask.dtype != torch.bool:
+        raise TypeError(f"masks must be bool tensors, got {mask.dtype}")
+    torch.where(mask, t, torch.zeros((), dtype=t.dtype, device=t.device), out=t)
+
+
 @torch.no_grad()
 def apply_masks(model: nn.Module, masks: Masks) -> None:
-    """Zero the masked-out weights in place (no new allocations for the weights)."""
+    """Zero the masked-out weights in place (no allocations)."""
     for name, w in prunable_named_weights(model):
         m = masks.get(name)
         if m is not None:
-            w.mul_(m)
+            zero_where_masked_(w, m)
 
 
 @torch.no_grad()
@@ -129,7 +140,7 @@ def mask_gradients(model: nn.Module, masks: Masks) -> None:
     for name, w in prunable_named_weights(model):
         m = masks.get(name)
         if m is not None and w.grad is not None:
-            w.grad.mul_(m)
+            zero_where_masked_(w.grad, m)
 
 
 @torch.no_grad()
@@ -142,7 +153,7 @@ def zero_momentum(optimizer: torch.optim.Optimizer | None, model: torch.nn.Modul
         m = masks.get(name)
         buf = optimizer.state.get(w, {}).get("momentum_buffer")
         if m is not None and buf is not None:
-            buf.mul_(m.to(buf.dtype))
+            zero_where_masked_(buf, m)
 
 
 def masks_to(masks: Masks, device: torch.device | str) -> Masks:
