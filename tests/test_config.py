@@ -24,6 +24,7 @@ def test_defaults_are_filled():
     assert cfg["optim"]["momentum"] == 0.9 and cfg["optim"]["weight_decay"] == 1e-4
     assert cfg["dense"] == {"epochs": 160, "milestones": [80, 120], "gamma": 0.1}
     assert cfg["finetune"]["epochs"] == 160 and cfg["seeds"] == [0]
+    assert cfg["compile"] is False and cfg["precision"] == "fp32"
 
 
 @pytest.mark.parametrize(
@@ -41,6 +42,7 @@ def test_defaults_are_filled():
         ({"methods": {"magic": {}}}, "magic"),
         ({"methods": {"omp": {"bogus": 1}}}, "methods.omp"),
         ({"dense": {"epochs": "many"}}, "dense.epochs"),
+        ({"compile": "fastest"}, "compile"),
     ],
 )
 def test_bad_values_name_the_key(change, key):

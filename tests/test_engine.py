@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,33 @@ def test_divergence_is_recorded_as_failure(make_spec, tmp_path):
     assert json.loads((tmp_path / "rec" / "metrics.json").read_text())["status"] == "failed"
     for name in ("model.pt", "history.csv", "spec.json"):
         assert (tmp_path / "rec" / name).exists()
+
+
+# ------------------------------------------------------------------------ torch.compile
+def test_compile_modes_are_checked_before_any_work(monkeypatch, tmp_path, make_spec):
+    from hypersparse.engine import CompileUnavailableError, compiled_forward
+
+    model = torch.nn.Linear(3, 2)
+    assert compiled_forward(model, None, torch.device("cpu")) is model
+    with pytest.raises(ValueError, match="reduce-overhead"):
+        compiled_forward(model, "fastest", torch.device("cpu"))
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(CompileUnavailableError, match="C\\+\\+ compiler.*compile: false"):
+        Trainer(make_spec(), tmp_path / "run", compile_mode="default")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="TorchInductor on CPU needs g++")
+def test_compiled_training_matches_eager_and_is_recorded(make_spec, tmp_path):
+    """A real torch.compile run (TorchInductor, CPU): same checkpoints layout, numbers equal
+    to eager up to float reassociation, and metrics.json says it was compiled."""
+    spec = make_spec(epochs=1)
+    eager = execute(spec, tmp_path / "eager")
+    compiled = execute(spec, tmp_path / "compiled", compile_mode="default")
+    assert eager["compile"] is None and compiled["compile"] == "default"
+    a = torch.load(tmp_path / "eager" / "model.pt")
+    b = torch.load(tmp_path / "compiled" / "model.pt")
+    assert a.keys() == b.keys()  # no "_orig_mod." prefixes from the compiled wrapper
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4)
+    assert abs(compiled["final_test_acc"] - eager["final_test_acc"]) < 1.0

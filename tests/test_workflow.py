@@ -56,6 +56,19 @@ def test_config_overrides_select_a_partial_grid(tmp_path):
     assert counts["prepare_data"] == 1 and counts["table"] == 1
 
 
+@pytest.mark.parametrize("value, flag", [("true", "--compile default"),
+                                         ("reduce-overhead", "--compile reduce-overhead"),
+                                         ("false", None)])
+def test_compile_setting_reaches_training_jobs(tmp_path, value, flag):
+    out = snakemake("-n", "-p", "--configfile", str(REPO / "tests" / "data" / "tiny.yaml"),
+                    "--config", f"results_dir={tmp_path}/r", f"compile={value}")
+    train_lines = [ln for ln in out.stdout.splitlines() if "hypersparse train" in ln
+                   or "hypersparse sparsify" in ln]
+    assert train_lines
+    for line in train_lines:
+        assert (flag in line) if flag else ("--compile" not in line)
+
+
 def test_bad_config_stops_before_any_job(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text((REPO / "tests" / "data" / "tiny.yaml").read_text().replace(

@@ -42,6 +42,12 @@ def _add_spec_args(p: argparse.ArgumentParser, method_default: str | None) -> No
     )
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument(
+        "--compile",
+        choices=["default", "reduce-overhead", "max-autotune"],
+        help="torch.compile the training forward with this mode (reduce-overhead: + CUDA "
+        "graphs); config `compile`. Default: eager",
+    )
+    p.add_argument(
         "--record-failure",
         action="store_true",
         help="on divergence write status 'failed' to metrics.json and exit 0 (the grid goes on)",
@@ -102,7 +108,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args)
     dense = DenseFiles(args.dense_dir, args.init) if (args.dense_dir or args.init) else None
     check_dense_source(spec, dense)
-    metrics = execute(spec, args.out, dense, record_failure=args.record_failure)
+    metrics = execute(
+        spec, args.out, dense, record_failure=args.record_failure, compile_mode=args.compile
+    )
     if metrics.get("status") == "failed":
         print(f"run failed: {metrics.get('error')}", file=sys.stderr)
         return 0

@@ -68,6 +68,10 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
 
     schema = load_schema()
     cfg = copy.deepcopy(config or {})
+    # `snakemake --config compile=true` passes the string; YAML files give booleans
+    switch = {"true": True, "on": True, "false": False, "off": False}
+    if isinstance(cfg.get("compile"), str) and cfg["compile"].lower() in switch:
+        cfg["compile"] = switch[cfg["compile"].lower()]
     _fill_defaults(cfg, schema, schema)
     validator = jsonschema.Draft202012Validator(schema)
     problems = []

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -46,6 +48,10 @@ HISTORY_COLUMNS = (
 
 class DivergenceError(UserError, RuntimeError):
     """Training produced a non-finite loss."""
+
+
+class CompileUnavailableError(UserError, RuntimeError):
+    """``compile`` was asked for where TorchInductor cannot build kernels."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -135,10 +141,43 @@ class MaskHooks(Hooks):
         self.masks = dict(state.get("masks", {}))
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+def compiled_forward(
+    model: nn.Module, mode: str | None, device: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The training forward: ``model`` itself, or ``torch.compile(model, mode=mode)``.
+
+    The compiled module shares the parameters, so optimizer steps, masks and checkpoints act
+    on ``model`` as usual. "reduce-overhead" adds CUDA graphs on CUDA. Evaluation stays
+    eager (other batch sizes, eval-mode BatchNorm and pruned copies would each recompile).
+    """
+    if mode is None:
+        return model
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    if device.type == "cpu":
+        cxx = os.environ.get("CXX") or "g++"
+        if shutil.which(cxx) is None and shutil.which("clang++") is None:
+            raise CompileUnavailableError(
+                f"compile: {mode} on CPU needs a C++ compiler for TorchInductor, and neither "
+                f"{cxx!r} nor 'clang++' is on PATH. Install one (e.g. g++) or set compile: false."
+            )
+    return torch.compile(model, mode=mode)
+
+
 class Trainer:
     """Holds data, model and checkpoint state of one run folder and runs phases on it."""
 
-    def __init__(self, spec: RunSpec, run_dir: Path, *, progress: bool | None = None) -> None:
+    def __init__(
+        self,
+        spec: RunSpec,
+        run_dir: Path,
+        *,
+        progress: bool | None = None,
+        compile_mode: str | None = None,
+    ) -> None:
         self.spec = spec
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "ckpt"
@@ -163,6 +202,8 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.compile_mode = compile_mode
+        self._train_forward = compiled_forward(self.model, compile_mode, self.device)
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self.epoch = 0  # global epochs completed
@@ -376,7 +417,7 @@ class Trainer:
     def _train_epoch(self, phase: Phase, hooks: Hooks) -> dict[str, Any]:
         assert self.optimizer is not None
         t0 = time.perf_counter()
-        model, opt = self.model, self.optimizer
+        model, opt, forward = self.model, self.optimizer, self._train_forward
         model.train()
         self.train_loader.set_epoch(self.epoch)
         lr = opt.param_groups[0]["lr"]
@@ -399,7 +440,7 @@ class Trainer:
         for x, y in batches:
             x = self._prep(x)
             with self._autocast():
-                out = model(x)
+                out = forward(x)
                 loss = F.cross_entropy(out.float(), y)
             extra = hooks.loss_term(self, model)
             total = loss if extra is None else loss + extra

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from . import masks as M
 from .engine import DivergenceError, Trainer
 from .errors import UserError
@@ -109,11 +111,14 @@ def execute(
     *,
     record_failure: bool = False,
     progress: bool | None = None,
+    compile_mode: str | None = None,
 ) -> dict[str, Any]:
     """Train ``spec`` into ``run_dir`` (resuming if interrupted) and return its metrics.
 
     With ``record_failure`` a diverging run is recorded as status "failed" in metrics.json
     (so the grid goes on and tables show the failure); otherwise the error propagates.
+    ``compile_mode`` (a torch.compile mode, or None for eager) is an execution option like
+    the thread count: it is recorded in metrics.json but not part of the spec.
     """
     run_dir = Path(run_dir)
     if dense_dir is not None and not isinstance(dense_dir, DenseFiles):
@@ -136,7 +141,8 @@ def execute(
         for tmp in remove_stale_temp_files(folder):
             log.warning("removed %s, left by an interrupted write", tmp)
     t0 = time.perf_counter()
-    trainer = Trainer(spec, run_dir, progress=progress)  # data and resume state checked first
+    # data, resume state and the compile toolchain are checked first
+    trainer = Trainer(spec, run_dir, progress=progress, compile_mode=compile_mode)
     method = method_cls(spec, params)
     if not spec_path.exists():
         atomic_write_json(spec_path, spec.to_dict())
@@ -193,6 +199,8 @@ def _metrics(
         "epochs_trained": len(hist),
         "wall_time_s": wall,
         "device": str(trainer.device),
+        "compile": trainer.compile_mode,
+        "threads": torch.get_num_threads(),
         "spec": spec.to_dict(),
         "versions": package_versions(),
         "git_commit": git_commit(),

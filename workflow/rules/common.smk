@@ -139,6 +139,12 @@ def figure_method_flags(figure):
     return f"--methods {','.join(by_reg)}"
 
 
-def plugin_flags():
-    """--plugin for each config `plugins` module, so training jobs register them too."""
-    return " ".join(f"--plugin {m}" for m in CFG["plugins"])
+def job_flags():
+    """Execution flags of training jobs: --plugin per config `plugins` module (so the jobs
+    register them too) and --compile MODE for config `compile`. The rules keep the params key
+    `plugins` for these, so runs made before `compile` existed are not re-triggered."""
+    flags = [f"--plugin {m}" for m in CFG["plugins"]]
+    mode = CFG["compile"]
+    if mode:
+        flags.append(f"--compile {'default' if mode is True else mode}")
+    return " ".join(flags)

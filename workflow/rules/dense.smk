@@ -17,7 +17,7 @@ rule dense:
     conda:
         "../../environment.yml"
     params:
-        plugins=plugin_flags(),
+        plugins=job_flags(),
         spec=lambda wc: spec_json(wc, "dense", 0.0),
         out=lambda wc, output: os.path.dirname(output.metrics),
     shell:

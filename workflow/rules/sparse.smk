@@ -20,7 +20,7 @@ rule sparse:
     conda:
         "../../environment.yml"
     params:
-        plugins=plugin_flags(),
+        plugins=job_flags(),
         spec=spec_json,
         out=lambda wc, output: os.path.dirname(output.metrics),
         dense=dense_flag,
@@ -49,7 +49,7 @@ rule art:
     conda:
         "../../environment.yml"
     params:
-        plugins=plugin_flags(),
+        plugins=job_flags(),
         spec=spec_json,
         out=lambda wc, output: os.path.dirname(output.metrics),
         dense=dense_flag,
