@@ -142,8 +142,6 @@ def reference_path(args: argparse.Namespace, name: str, device: torch.device
         loss.backward()
         opt.step()
 
-    step.state = st  # type: ignore[attr-defined]  # the live iterator, for the memory report
-
     def startup() -> float:
         def work() -> None:
             it = iter(loader)
@@ -213,7 +211,7 @@ def child_main(args: argparse.Namespace, device: torch.device) -> None:
     step, _ = PATHS[path](args, name, device)
     for _ in range(args.block + 2):
         step()
-    workers = C.worker_pids(step.__dict__.get("state", {}).get("it"))
+    workers = C.child_pids()  # the reference's DataLoader workers, alive behind the iterator
     print(json.dumps({"model": name, "path": path, **C.memory_report(device, workers)}))
 
 

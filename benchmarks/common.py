@@ -181,6 +181,17 @@ def uss_mib(pids: Sequence[int]) -> float | None:
     return sum(got) / 1024.0 if got else None
 
 
+def child_pids() -> list[int]:
+    """PIDs of this process's live children (DataLoader workers, in a memory child), Linux."""
+    pids: list[int] = []
+    for children in Path("/proc/self/task").glob("*/children"):
+        try:
+            pids += [int(p) for p in children.read_text().split()]
+        except OSError:
+            continue
+    return sorted(set(pids))
+
+
 def worker_pids(iterator: Any) -> list[int]:
     """PIDs of a live multi-process DataLoader iterator's workers (empty otherwise)."""
     return [w.pid for w in getattr(iterator, "_workers", []) if w.pid is not None]
