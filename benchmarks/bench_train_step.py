@@ -9,7 +9,7 @@ data (50,000 images by default) generated in-process. Both paths train the proje
                the HS gradient added into w.grad by HyperSparseGradient as ART does,
                on-device loss/accuracy sums, no syncs);
                on CUDA channels_last + cudnn.benchmark like the engine, optional --bf16
-               (autocast) and --compile (torch.compile of the model)
+               (autocast); --compile adds a third path, the same with torch.compile
   reference  - the authors' pipeline rebuilt from stock parts: PIL-per-item Dataset +
                Compose([RandomCrop(32, 4), RandomHorizontalFlip(), ToTensor(), Normalize]) +
                DataLoader(batch 64, shuffle, num_workers=4); per step .to(device), loss and
@@ -64,9 +64,10 @@ def _model(name: str, width: float, device: torch.device) -> torch.nn.Module:
     return build_model(name, 10, width=width).to(device)
 
 
-def project_path(args: argparse.Namespace, name: str, device: torch.device
-                 ) -> tuple[Callable[[], None], Callable[[], float]]:
-    """(one training step, iterator start-up -> s) of the project's engine-style path."""
+def project_path(args: argparse.Namespace, name: str, device: torch.device,
+                 compiled: bool = False) -> tuple[Callable[[], None], Callable[[], float]]:
+    """(one training step, iterator start-up -> s) of the project's engine-style path
+    (``compiled``: the training forward through torch.compile, as config `compile: true`)."""
     loader = BatchLoader(C.project_data(args.n), C.CIFAR10_INFO, args.batch, train=True,
                          device=device, seed=0)
     model = _model(name, args.width, device)
@@ -76,7 +77,7 @@ def project_path(args: argparse.Namespace, name: str, device: torch.device
         model = model.to(memory_format=torch.channels_last)
     weights = prunable_weights(model)
     hs = HyperSparseGradient()
-    fwd = torch.compile(model) if args.compile else model
+    fwd = torch.compile(model) if compiled else model
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
     amp = args.bf16 and cuda
     st: dict[str, Any] = {"loss_sum": torch.zeros((), device=device),
@@ -153,7 +154,18 @@ def reference_path(args: argparse.Namespace, name: str, device: torch.device
     return step, startup
 
 
-PATHS = {"project": project_path, "reference": reference_path}
+def compiled_path(args: argparse.Namespace, name: str, device: torch.device
+                  ) -> tuple[Callable[[], None], Callable[[], float]]:
+    """The project's path with the training forward compiled (--compile adds it)."""
+    return project_path(args, name, device, compiled=True)
+
+
+def paths(args: argparse.Namespace) -> dict[str, Callable]:
+    """The compared paths: project and reference, plus the compiled project with --compile."""
+    out = {"project": project_path, "reference": reference_path}
+    if args.compile:
+        out["compiled"] = compiled_path
+    return out
 
 
 def block_runner(step: Callable[[], None], k: int, device: torch.device) -> Callable[[], float]:
@@ -170,7 +182,7 @@ def bench_model(args: argparse.Namespace, name: str, device: torch.device) -> li
     """Interleaved timing of both paths for one model; one row per path."""
     made = {}
     startups = {}
-    for p, make in PATHS.items():
+    for p, make in paths(args).items():
         step, startup = make(args, name, device)
         startups[p] = C.median([startup() for _ in range(1 if args.quick else 2)])
         made[p] = step
@@ -208,7 +220,7 @@ def child_main(args: argparse.Namespace, device: torch.device) -> None:
     """One (model, path) in this fresh process: a few steps, then the memory report as JSON."""
     name, path = args.child.split(":")
     C.reset_gpu_peak(device)
-    step, _ = PATHS[path](args, name, device)
+    step, _ = paths(args)[path](args, name, device)
     for _ in range(args.block + 2):
         step()
     workers = C.child_pids()  # the reference's DataLoader workers, alive behind the iterator
@@ -231,7 +243,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--reg", choices=["hs", "none"], default="hs",
                     help="regulariser in both paths (hs: ours vs sort-based)")
     ap.add_argument("--bf16", action="store_true", help="project path: bf16 autocast (CUDA)")
-    ap.add_argument("--compile", action="store_true", help="project path: torch.compile")
+    ap.add_argument("--compile", action="store_true",
+                    help="add a third path: the project's with torch.compile (config compile)")
     ap.add_argument("--full-epoch", action="store_true", help="time one real epoch per path")
     args = ap.parse_args(argv)
     q = args.quick
@@ -245,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         child_main(args, device)
         return []
     opts = [o for o, on in (("bf16", args.bf16 and device.type == "cuda"),
-                            ("compile", args.compile)) if on]
+                            ("+ compiled path", args.compile)) if on]
     meta = C.print_header(
         "training step incl. data: project vs authors'-style reference", device,
         f" | batch {args.batch}, width {args.width}, N={args.n}, reg {args.reg}, "
@@ -273,13 +286,20 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             print(f"{name:9s} {row['path']:9s} {row['ms_per_step']:9.1f} "
                   f"{row['images_per_s']:8.1f} {f'{lo:.0f}..{hi:.0f}':>15s} "
                   f"{row['epoch_s']:8.1f} {C.memory_cells(row)}")
-        ratio = model_rows[1]["ms_per_step"] / model_rows[0]["ms_per_step"]
+        ms = {row["path"]: row["ms_per_step"] for row in model_rows}
+        ratio = ms["reference"] / ms["project"]
         for row in model_rows:
             row["speedup_project_over_reference"] = ratio
             row["device"] = meta["device"]
         verdict = "met" if ratio >= target else "MISSED"
         print(f"{name:9s} speed-up project / reference: {ratio:.2f}x (target >= {target:g}x on "
               f"{device.type}: {verdict})", flush=True)
+        if "compiled" in ms:
+            gain = ms["project"] / ms["compiled"]
+            for row in model_rows:
+                row["speedup_compiled_over_eager"] = gain
+            print(f"{name:9s} speed-up compiled / eager project path: {gain:.2f}x "
+                  "(compile time excluded: warm-up steps)", flush=True)
         rows.extend(model_rows)
     print(f"s/epoch: {rows[0]['epoch_s_how']} (N={args.n_epoch}); RSS: peak (VmHWM) of a fresh "
           "process running one path; wkr USS: private memory summed over its live workers")
