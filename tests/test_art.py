@@ -265,8 +265,14 @@ def _same_run(a: Path, b: Path, ma: dict, mb: dict) -> None:
 
 @pytest.mark.slow
 def test_resume_mid_art_and_between_phases_is_identical(warm, tmp_path, monkeypatch):
+    from hypersparse import hs_select
     from hypersparse.methods.art import AdaptiveRegularizedTraining, ArtHooks
 
+    # Small limits, so that these few thousand weights take the chunked path with the
+    # previous-a_k bracket too (state that a resumed run does not have at its first step).
+    monkeypatch.setattr(hs_select, "SMALL_N", 500)
+    monkeypatch.setattr(hs_select, "CPU_CHUNK", 1024)
+    monkeypatch.setattr(hs_select, "SAMPLE", 256)
     root, dense = warm
     spec = _art_spec(root, kappa=0.95, max_art_epochs=3)
     straight = execute(spec, tmp_path / "straight", dense, progress=False)
