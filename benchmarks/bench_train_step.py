@@ -178,6 +178,43 @@ def full_epoch_s(step: Callable[[], None], steps: int, device: torch.device) -> 
     return C.timed(lambda: [step() for _ in range(steps)], device)
 
 
+WARMUP_EPOCHS, FINETUNE_EPOCHS, TEST_IMAGES, EVAL_BATCH = 60, 160, 10_000, 1024
+
+
+def eval_seconds_per_image(args: argparse.Namespace, name: str, device: torch.device) -> float:
+    """Seconds per image of the engine's evaluation (eval mode, no autograd, batches of 1024,
+    augmented as ART's pruned-copy pass), from a few timed batches after a warm-up batch."""
+    loader = BatchLoader(C.project_data(args.n), C.CIFAR10_INFO, EVAL_BATCH, train=False,
+                         augment=True, device=device, seed=0)
+    model = _model(name, args.width, device).eval()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    batches = C.endless_batches(loader)
+
+    @torch.no_grad()
+    def one() -> None:
+        x, _ = next(batches)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        model(x).argmax(1)
+
+    one()
+    k = 2 if args.quick else 4
+    return C.timed(lambda: [one() for _ in range(k)], device) / (k * EVAL_BATCH)
+
+
+def art_run_estimate(row: dict[str, Any], eval_s_per_image: float, art_epochs: int,
+                     n_epoch: int) -> dict[str, float]:
+    """Minutes of a 60 + ART + 160 epoch run from measured parts: training steps, the pruned
+    copy's pass over the training set after each ART epoch, a test pass after every epoch."""
+    epochs = WARMUP_EPOCHS + art_epochs + FINETUNE_EPOCHS
+    train = epochs * row["epoch_s"]
+    pruned = art_epochs * n_epoch * eval_s_per_image
+    test = epochs * TEST_IMAGES * eval_s_per_image
+    return {"art_epochs_assumed": art_epochs, "run_min": (train + pruned + test) / 60,
+            "run_train_min": train / 60, "run_eval_min": (pruned + test) / 60}
+
+
 def bench_model(args: argparse.Namespace, name: str, device: torch.device) -> list[dict]:
     """Interleaved timing of both paths for one model; one row per path."""
     made = {}
@@ -213,6 +250,12 @@ def bench_model(args: argparse.Namespace, name: str, device: torch.device) -> li
             row["epoch_s"] = full_epoch_s(made[p], steps_per_epoch, device) + startups[p]
             row["epoch_s_how"] = f"measured: {steps_per_epoch} consecutive steps + start-up"
         rows.append(row)
+    if args.art_epochs is not None:
+        per_image = eval_seconds_per_image(args, name, device)
+        for row in rows:
+            if row["path"] != "reference":  # its evaluation is not the engine's
+                row.update(art_run_estimate(row, per_image, args.art_epochs, args.n_epoch))
+                row["eval_ms_per_image"] = 1e3 * per_image
     return rows
 
 
@@ -246,6 +289,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--compile", action="store_true",
                     help="add a third path: the project's with torch.compile (config compile)")
     ap.add_argument("--full-epoch", action="store_true", help="time one real epoch per path")
+    ap.add_argument("--art-epochs", type=int, default=None, metavar="E",
+                    help="also estimate a 60 + E + 160 epoch ART run of the project path "
+                    "(training steps + pruned-copy and test evaluations, from measured parts)")
     args = ap.parse_args(argv)
     q = args.quick
     args.width = args.width or (0.25 if q else 1.0)
@@ -300,6 +346,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 row["speedup_compiled_over_eager"] = gain
             print(f"{name:9s} speed-up compiled / eager project path: {gain:.2f}x "
                   "(compile time excluded: warm-up steps)", flush=True)
+        for row in model_rows:
+            if "run_min" in row:
+                print(f"{name:9s} {row['path']}: estimated {WARMUP_EPOCHS} + {args.art_epochs} + "
+                      f"{FINETUNE_EPOCHS} epoch ART run: {row['run_min']:.1f} min (training "
+                      f"{row['run_train_min']:.1f}, evaluations {row['run_eval_min']:.1f}; "
+                      f"s/epoch {row['epoch_s_how'].split(':')[0]})", flush=True)
         rows.extend(model_rows)
     print(f"s/epoch: {rows[0]['epoch_s_how']} (N={args.n_epoch}); RSS: peak (VmHWM) of a fresh "
           "process running one path; wkr USS: private memory summed over its live workers")

@@ -50,15 +50,22 @@ def test_data_path_quick_prints_table_and_json(tmp_path: Path, capsys) -> None:
 
 
 def test_train_step_quick_prints_table_and_json(tmp_path: Path, capsys) -> None:
-    """--quick trains both paths (HS on) for a few steps and reports the speed-up."""
+    """--quick trains both paths (HS on) for a few steps and reports the speed-up, and the
+    ART run estimate from measured parts."""
     out_json = tmp_path / "ts.json"
     _main("bench_train_step.py", "--quick", "--device", "cpu", "--threads", "1",
-               "--models", "resnet8", "--n", "256", "--workers", "1", "--json", str(out_json))
+               "--models", "resnet8", "--n", "256", "--workers", "1", "--art-epochs", "3",
+               "--json", str(out_json))
     out = capsys.readouterr().out
     assert "speed-up project / reference" in out
+    assert "project: estimated 60 + 3 + 160 epoch ART run" in out
     rows = json.loads(out_json.read_text())["rows"]
     assert [r["path"] for r in rows] == ["project", "reference"]
     assert all(r["ms_per_step"] > 0 and r["epoch_s"] > 0 for r in rows)
+    project = rows[0]
+    assert project["run_min"] > project["run_train_min"] > 0 and "run_min" not in rows[1]
+    # the training part is exactly the 223 epochs at the reported seconds per epoch
+    assert abs(project["run_train_min"] * 60 - 223 * project["epoch_s"]) < 1e-6 * project["epoch_s"] * 223
 
 
 @pytest.mark.slow
