@@ -15,7 +15,8 @@ slow phases of a shared machine cancel within a round. Also prints
 the HS part's own median time inside those steps (threshold + gradient into w.grad) and the
 peak RSS.
 
-    python benchmarks/bench_hs_overhead.py [--models resnet32 vgg19] [--steps 16] [--json F]
+    python benchmarks/bench_hs_overhead.py [--models resnet32 vgg19] [--steps 20]
+        [--threads N] [--device cpu|cuda|auto] [--no-sort] [--json F]
 """
 
 from __future__ import annotations
@@ -62,7 +63,10 @@ def peak_rss_mib() -> float:
 
 
 def make_steps(
-    model: nn.Module, modes: Sequence[str], batches: Sequence[tuple[Tensor, Tensor]]
+    model: nn.Module,
+    modes: Sequence[str],
+    batches: Sequence[tuple[Tensor, Tensor]],
+    sync: Callable[[], None] = lambda: None,
 ) -> dict[str, Callable[[], tuple[float, float]]]:
     """Per mode, a closure running one training step: (step seconds, regulariser seconds).
 
@@ -80,19 +84,25 @@ def make_steps(
     def make(mode: str) -> Callable[[], tuple[float, float]]:
         def step() -> tuple[float, float]:
             x, y = next(cycle)
+            sync()
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(x), y)
+            sync()
             r0 = time.perf_counter()
             if mode == "sort":
                 loss = loss + ALPHA * authors_sort_hs(weights, PRUNE_RATE)
+            sync()
             r1 = time.perf_counter()
             loss.backward()
+            sync()
             r2 = time.perf_counter()
             if mode == "ours":  # "control" is a second "none": the noise floor of the ratios
                 hs.add_to_grads_(weights, PRUNE_RATE, ALPHA)
+            sync()
             r3 = time.perf_counter()
             opt.step()
+            sync()
             # "sort": its forward only (its backward is inside loss.backward, not separable)
             return time.perf_counter() - t0, (r1 - r0) + (r3 - r2)
 
@@ -101,13 +111,24 @@ def make_steps(
     return {m: make(m) for m in modes}
 
 
-def bench_model(name: str, steps: int, block: int, batch: int, modes: list[str]) -> dict:
+def bench_model(
+    name: str, steps: int, block: int, batch: int, modes: list[str], device: torch.device
+) -> dict:
     """Interleaved timing of the modes on one model; returns a result row."""
     torch.manual_seed(0)
     batches = [
-        (torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))) for _ in range(N_BATCHES)
+        (torch.randn(batch, 3, 32, 32, device=device), torch.randint(0, 10, (batch,), device=device))
+        for _ in range(N_BATCHES)
     ]
-    steppers = make_steps(build_model(name, 10), modes, batches)
+    model = build_model(name, 10).to(device)
+    sync: Callable[[], None] = lambda: None  # noqa: E731
+    if device.type == "cuda":  # as the engine: channels_last, cuDNN autotuning; timed synced
+        torch.backends.cudnn.benchmark = True
+        model = model.to(memory_format=torch.channels_last)
+        batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
+        sync = torch.cuda.synchronize
+        torch.cuda.reset_peak_memory_stats(device)
+    steppers = make_steps(model, modes, batches, sync)
     for fn in steppers.values():  # warm-up: allocator, kernels, momentum buffers, HS buffers
         fn()
         fn()
@@ -143,6 +164,9 @@ def bench_model(name: str, steps: int, block: int, batch: int, modes: list[str])
         "reg_ms_ours": med_reg["ours"],
         "reg_fwd_ms_sort": med_reg.get("sort", math.nan),
         "peak_rss_mib": peak_rss_mib(),
+        "gpu_peak_mib": (
+            torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        ),
     }
 
 
@@ -154,15 +178,22 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     ap.add_argument("--block", type=int, default=1, help="consecutive steps per mode")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    ap.add_argument("--device", default="cpu", help="cpu (the issue's target), cuda, auto")
     ap.add_argument("--no-sort", action="store_true", help="skip the slow sort-based mode")
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = ap.parse_args(argv)
     modes = [m for m in MODES if not (args.no_sort and m == "sort")]
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    device = (
-        f"cpu ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads"
+    dev = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
+    if dev.type == "cuda":
+        device = f"{torch.cuda.get_device_name(dev)} ({dev})"
+    else:
+        device = (
+            f"cpu ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads"
+        )
     print(
         f"device: {device}; torch {torch.__version__}; batch {args.batch}; 32 px; kappa {PRUNE_RATE}"
     )
@@ -170,11 +201,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     header = (
         f"{'model':10s} {'N':>11s} {'none ms':>9s} {'ours ms':>9s} {'sort ms':>9s} "
         f"{'ours/none':>9s} {'1+reg/none':>10s} {'sort/none':>9s} {'A/A':>6s} {'reg ours':>9s} "
-        f"{'sort fwd':>9s} {'peak RSS':>9s}"
+        f"{'sort fwd':>9s} {'peak RSS':>9s} {'GPU peak':>9s}"
     )
     print(header)
     for name in args.models:
-        row = bench_model(name, args.steps, args.block, args.batch, modes)
+        row = bench_model(name, args.steps, args.block, args.batch, modes, dev)
         row["device"] = device
         rows.append(row)
         print(
@@ -182,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
             f"{row['ms_sort']:9.1f} {row['ratio_ours']:9.3f} {row['ratio_ours_direct']:10.3f} "
             f"{row['ratio_sort']:9.3f} {row['ratio_control']:6.3f} "
             f"{row['reg_ms_ours']:9.1f} {row['reg_fwd_ms_sort']:9.1f} "
-            f"{row['peak_rss_mib']:7.0f}Mi",
+            f"{row['peak_rss_mib']:7.0f}Mi "
+            + (f"{row['gpu_peak_mib']:7.0f}Mi" if row["gpu_peak_mib"] is not None else "        -"),
             flush=True,
         )
     print(
