@@ -189,9 +189,7 @@ def kth_abs_of_chunks(
 def kth_smallest_abs(weights: Sequence[Tensor], k: int) -> Tensor:
     """Exact k-th smallest (0-based) |w| over all tensors, by bracketed selection (no sort)."""
     chunks = [c for w in weights for c in cpu_chunks(w)]
-    n = sum(c.numel() for c in chunks)
-    if not 0 <= k < n:
-        raise ValueError(f"k={k} out of range for {n} values")
+    n = sum(c.numel() for c in chunks)  # both paths below check 0 <= k < n
     abs_chunks = [c.abs().reshape(-1) for c in chunks]
     if n <= SMALL_N or abs_chunks[0].device.type != "cpu":
         # CUDA kthvalue is a radix select; small CPU inputs are fast enough as they are.

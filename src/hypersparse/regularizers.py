@@ -26,6 +26,7 @@ N = 1e8 the gradient still matches a float64 reference to < 1e-5 (tests).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
 
@@ -115,13 +116,10 @@ class HyperSparseGradient:
 
     def _threshold(self, k: int) -> tuple[Tensor, Tensor]:
         """Pass 1: buffers = |w|; returns (a_k, ||w||_1 in float64)."""
-        count, first = None, None
+        count, brackets = None, None
         if self.on_cpu and self.n > S.SMALL_N:
-            if self._hint is not None:
-                first = (self._hint * (1.0 - self._margin), self._hint * (1.0 + self._margin))
-            else:
-                first = S.sampled_brackets(self.w_chunks, k)[0]
-            count = S.BracketCount(*first, self.scratch)
+            brackets = self._brackets(k)
+            count = S.BracketCount(*next(brackets), self.scratch)
         l1_parts = []
         for wc, bc in zip(self.w_chunks, self.b_chunks, strict=True):
             a = torch.abs(wc, out=bc)
@@ -131,14 +129,18 @@ class HyperSparseGradient:
         l1 = torch.stack(l1_parts).double().sum()
         if count is None:  # CUDA kthvalue is a radix select; small CPU inputs are fast as is
             return kth_smallest(torch.cat([b.reshape(-1) for b in self.b_chunks]), k), l1
-
-        def brackets() -> Iterator[tuple[float, float]]:
-            yield first
-            yield from S.sampled_brackets(self.b_chunks, k)[self._hint is None :]
-
-        a_k, hit = S.kth_abs_of_chunks(self.b_chunks, k, brackets(), self.scratch, count)
+        # the first bracket's count is ``count``; the iterator holds the ones after it
+        brackets = itertools.chain([(count.lo, count.hi)], brackets)
+        a_k, hit = S.kth_abs_of_chunks(self.b_chunks, k, brackets, self.scratch, count)
         self._update_hint(float(a_k), hit)
         return a_k, l1
+
+    def _brackets(self, k: int) -> Iterator[tuple[float, float]]:
+        """Brackets for a_k, in the order tried: the previous a_k +- the margin (if any), then
+        the sampled ones (the sample is only taken when it is reached)."""
+        if self._hint is not None:
+            yield (self._hint * (1.0 - self._margin), self._hint * (1.0 + self._margin))
+        yield from S.sampled_brackets(self.w_chunks, k)
 
     def _update_hint(self, a_k: float, hit: bool) -> None:
         """Next bracket: a_k +- a margin ~4x its last relative move, within _HINT_MARGIN."""
@@ -190,10 +192,11 @@ class HyperSparseGradient:
                 w.grad = torch.zeros_like(w)
             grads.extend(S.cpu_chunks(w.grad))
         fmax = torch.finfo(self.buffers[0].dtype).max
+        value = max(-fmax, min(fmax, alpha * float(c))) if self.on_cpu else 0.0
         for wc, bc, gc in zip(self.w_chunks, self.b_chunks, grads, strict=True):
             if self.on_cpu:
                 sign = torch.sign(wc, out=self.scratch.buf(0, wc))
-                gc.addcmul_(sign, bc, value=max(-fmax, min(fmax, alpha * float(c))))
+                gc.addcmul_(sign, bc, value=value)
             else:
                 gc.addcmul_(torch.sign(wc), bc.mul_((alpha * c).to(bc.dtype)))
 
@@ -201,9 +204,10 @@ class HyperSparseGradient:
     def gradient(self, weights: Sequence[Tensor], prune_rate: float) -> tuple[list[Tensor], Tensor]:
         """(h, c): new tensors h = sign(w) p (1 - p) and the scalar c; dHS/dw = c * h."""
         c = self._direction(weights, prune_rate)
-        hs = [torch.zeros_like(w) for w in weights]
         if c is None:
+            hs = [torch.zeros_like(w) for w in weights]
             return hs, torch.zeros((), dtype=hs[0].dtype, device=hs[0].device)
+        hs = [torch.empty_like(w) for w in weights]
         h_chunks = [ch for h in hs for ch in S.cpu_chunks(h)]
         for wc, bc, hc in zip(self.w_chunks, self.b_chunks, h_chunks, strict=True):
             torch.sign(wc, out=hc).mul_(bc)
