@@ -25,19 +25,23 @@ import argparse
 import itertools
 import json
 import math
-import platform
-import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hypersparse.masks import prunable_weights
-from hypersparse.models import build_model
-from hypersparse.regularizers import HyperSparseGradient
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common as C  # noqa: E402
+
+from hypersparse.masks import prunable_weights  # noqa: E402
+from hypersparse.models import build_model  # noqa: E402
+from hypersparse.regularizers import HyperSparseGradient  # noqa: E402
 
 ALPHA = 5e-6
 PRUNE_RATE = 0.9
@@ -54,19 +58,14 @@ def authors_sort_hs(weights: Sequence[Tensor], prune_rate: float) -> Tensor:
     return (w_abs * t_sum / t_sum.detach() - w_abs).sum()
 
 
-MODES = ["none", "ours", "sort", "control"]  # control: a second plain model (A/A)
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+MODES = ["none", "ours", "sort", "control"]  # control: the plain step again (A/A)
 
 
 def make_steps(
     model: nn.Module,
     modes: Sequence[str],
     batches: Sequence[tuple[Tensor, Tensor]],
-    sync: Callable[[], None] = lambda: None,
+    device: torch.device,
 ) -> dict[str, Callable[[], tuple[float, float]]]:
     """Per mode, a closure running one training step: (step seconds, regulariser seconds).
 
@@ -80,6 +79,9 @@ def make_steps(
     weights = prunable_weights(model)
     hs = HyperSparseGradient()
     cycle = itertools.cycle(batches)
+
+    def sync() -> None:
+        C.sync(device)
 
     def make(mode: str) -> Callable[[], tuple[float, float]]:
         def step() -> tuple[float, float]:
@@ -121,14 +123,12 @@ def bench_model(
         for _ in range(N_BATCHES)
     ]
     model = build_model(name, 10).to(device)
-    sync: Callable[[], None] = lambda: None  # noqa: E731
-    if device.type == "cuda":  # as the engine: channels_last, cuDNN autotuning; timed synced
+    if device.type == "cuda":  # as the engine: channels_last, cuDNN autotuning
         torch.backends.cudnn.benchmark = True
         model = model.to(memory_format=torch.channels_last)
         batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
-        sync = torch.cuda.synchronize
-        torch.cuda.reset_peak_memory_stats(device)
-    steppers = make_steps(model, modes, batches, sync)
+    C.reset_gpu_peak(device)
+    steppers = make_steps(model, modes, batches, device)
     for fn in steppers.values():  # warm-up: allocator, kernels, momentum buffers, HS buffers
         fn()
         fn()
@@ -163,10 +163,8 @@ def bench_model(
         "ratio_control": paired("control"),
         "reg_ms_ours": med_reg["ours"],
         "reg_fwd_ms_sort": med_reg.get("sort", math.nan),
-        "peak_rss_mib": peak_rss_mib(),
-        "gpu_peak_mib": (
-            torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-        ),
+        "peak_rss_mib": C.peak_rss_mib(),
+        "gpu_peak_mib": C.gpu_peak_mib(device),
     }
 
 
@@ -185,15 +183,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     modes = [m for m in MODES if not (args.no_sort and m == "sort")]
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    dev = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    )
-    if dev.type == "cuda":
-        device = f"{torch.cuda.get_device_name(dev)} ({dev})"
-    else:
-        device = (
-            f"cpu ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads"
-        )
+    dev = C.resolve_device(args.device)
+    device = C.device_string(dev)
     print(
         f"device: {device}; torch {torch.__version__}; batch {args.batch}; 32 px; kappa {PRUNE_RATE}"
     )
