@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from .spec import COMPILE_MODES
+
 log = logging.getLogger("hypersparse")
 
 
@@ -43,7 +45,7 @@ def _add_spec_args(p: argparse.ArgumentParser, method_default: str | None) -> No
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument(
         "--compile",
-        choices=["default", "reduce-overhead", "max-autotune"],
+        choices=COMPILE_MODES,
         help="torch.compile the training forward with this mode (reduce-overhead: + CUDA "
         "graphs); config `compile`. Default: eager",
     )

@@ -28,7 +28,7 @@ from .data import BatchLoader, dataset_info, load_split
 from .errors import UserError
 from .io import CheckpointError, atomic_torch_save, atomic_write_text, safe_torch_load
 from .models import build_model
-from .spec import RunSpec
+from .spec import COMPILE_MODES, RunSpec
 
 log = logging.getLogger("hypersparse")
 
@@ -139,9 +139,6 @@ class MaskHooks(Hooks):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.masks = dict(state.get("masks", {}))
-
-
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 def compiled_forward(

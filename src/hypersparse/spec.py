@@ -9,6 +9,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+# torch.compile modes a run may train with: an execution option (config `compile`, CLI
+# --compile), recorded in metrics.json but not part of the spec
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
 
 @dataclass(frozen=True)
 class OptimSpec:
