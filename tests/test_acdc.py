@@ -30,6 +30,36 @@ def test_short_schedules_keep_the_shape(epochs: int) -> None:
     assert "".join(m[0] for m in epoch_modes(8, ACDCParams())) == "dsdsdsds"
 
 
+def test_momentum_is_reset_when_a_dense_phase_starts() -> None:
+    """The authors' scripts pass --reset_momentum_after_recycling: every momentum buffer is
+    zeroed when the weights are restored (a dense phase starts), not when pruning starts."""
+    from types import SimpleNamespace
+
+    import torch
+    from torch import nn
+
+    from hypersparse.methods.acdc import ACDCHooks
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    nn.functional.cross_entropy(model(torch.randn(4, 6)), torch.tensor([0, 1, 2, 0])).backward()
+    opt.step()
+    tr = SimpleNamespace(model=model, optimizer=opt)
+    hooks = ACDCHooks(build_params("acdc", {}), kappa=0.5)
+    hooks.set_mode(tr, "sparse")
+    bias_buf = opt.state[model[0].bias]["momentum_buffer"]
+    assert bias_buf.abs().sum() > 0  # compression keeps the momentum of live parameters
+    hooks.set_mode(tr, "dense")
+    assert all(not s["momentum_buffer"].any() for s in opt.state.values())
+    kept = ACDCHooks(build_params("acdc", {"reset_momentum_on_decompress": False}), kappa=0.5)
+    nn.functional.cross_entropy(model(torch.randn(4, 6)), torch.tensor([0, 1, 2, 0])).backward()
+    opt.step()
+    kept.set_mode(tr, "sparse")
+    kept.set_mode(tr, "dense")
+    assert opt.state[model[0].bias]["momentum_buffer"].abs().sum() > 0
+
+
 def test_params_validate() -> None:
     with pytest.raises(ParamError):
         build_params("acdc", {"warmup_frac": 0.5, "final_frac": 0.5})

@@ -33,6 +33,42 @@ def test_round_zeros_grow_by_fraction_of_remaining_and_end_exact() -> None:
     assert all(a < b for a, b in zip(z, z[1:], strict=False))
 
 
+@pytest.mark.parametrize("n", [1000, 1001, 1_855_584, 20_024_000])
+@pytest.mark.parametrize("kappa", [0.9, 0.98, 0.998])
+def test_round_zeros_follow_open_lth(n: int, kappa: float) -> None:
+    """open_lth sparse_global: each round prunes ceil(0.2 * remaining) more weights."""
+    z = round_zeros(kappa, 0.2, n)
+    prev = 0
+    for zr in z[:-1]:
+        assert zr == prev + math.ceil(0.2 * (n - prev))
+        prev = zr
+    assert z[-1] == math.floor(kappa * n) and z[-1] <= prev + math.ceil(0.2 * (n - prev))
+    assert len(z) <= num_rounds(kappa, 0.2)
+
+
+def test_vgg_classifier_is_not_pruned_as_in_open_lth(make_spec) -> None:
+    from hypersparse.models import build_model
+
+    vgg = build_model("vgg11", 10, in_channels=1, width=0.25)
+    spec = make_spec("lth", kappa=0.9, model="vgg11")
+    auto = LotteryTicket(spec, build_params("lth", {}))
+    assert auto.spared_layers(vgg) == {"classifier.weight"}
+    assert auto.spared_layers(build_model("resnet8", 10)) == set()  # ResNets: every layer
+    assert LotteryTicket(spec, build_params("lth", {"ignore_classifier": "off"})).spared_layers(
+        vgg) == set()
+    named = dict(M.prunable_named_weights(vgg))
+    n = sum(w.numel() for w in named.values())
+    fc = named["classifier.weight"].numel()
+    masks = shrink_masks(vgg, int(0.9 * n), {"classifier.weight"})
+    assert masks["classifier.weight"].all()
+    assert sum(int((~m).sum()) for m in masks.values()) == int(0.9 * n)
+    # beyond what the other layers hold, the smallest classifier weights go, no more
+    everything_else = n - fc
+    deep = shrink_masks(vgg, everything_else + 3, {"classifier.weight"})
+    assert int((~deep["classifier.weight"]).sum()) == 3
+    assert not any(m.any() for k, m in deep.items() if k != "classifier.weight")
+
+
 def test_shrink_masks_never_revives_zeros() -> None:
     lin = torch.nn.Linear(5, 4, bias=False)
     with torch.no_grad():
@@ -96,8 +132,8 @@ def test_lth_end_to_end_exact_and_resumes_rounds(make_spec, dense_run, tmp_path)
     assert metrics["lth"]["total_epochs"] == 2 + 2 * 1
     hist = (out / "history.csv").read_text().splitlines()[1:]
     assert [r.split(",")[0] for r in hist] == ["round1", "round2"]
-    assert json.loads((out / "metrics.json").read_text())["lth"]["zeros_per_round"][0] == int(
-        0.2 * n
+    assert json.loads((out / "metrics.json").read_text())["lth"]["zeros_per_round"][0] == (
+        math.ceil(0.2 * n)
     )
     # Stopped after round 1 (a kappa=0.2 run is exactly round 1), then continued to 0.36:
     # round 1 is skipped and the result matches the uninterrupted run bit for bit.

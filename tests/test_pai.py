@@ -103,8 +103,11 @@ def test_synflow_scores_by_hand_on_a_linear_net() -> None:
     scores = dict(S.synflow_scores(net, (4,)))
     # R = 1^T |W2| (|W1| 1 + |b1|) + sum|b2|: dR/dW1[i, j] = colsum(|W2|)[i], dR/dW2[k, i] = h_i.
     h = w1.abs().sum(1) + b1.abs()
-    torch.testing.assert_close(scores["0.weight"], (w1.abs() * w2.abs().sum(0)[:, None]).double())
-    torch.testing.assert_close(scores["2.weight"], (w2.abs() * h[None, :]).double())
+    torch.testing.assert_close(scores["0.weight"], w1.abs() * w2.abs().sum(0)[:, None])
+    torch.testing.assert_close(scores["2.weight"], w2.abs() * h[None, :])
+    assert scores["0.weight"].dtype == torch.float32  # the reference scores in float32
+    wide = dict(S.synflow_scores(net, (4,), double=True))
+    assert wide["0.weight"].dtype == torch.float64
     mask = {
         "0.weight": torch.ones(3, 4, dtype=torch.bool),
         "2.weight": torch.zeros(2, 3, dtype=torch.bool),
@@ -156,6 +159,18 @@ def test_synflow_iterations_never_revive_and_one_round_is_one_shot() -> None:
     # the last round's scores, computed on the final mask, are positive exactly on it
     final = dict(S.synflow_scores(net, (6,), masks=many))
     assert all(bool((final[k] > 0).le(many[k]).all()) for k in many)
+
+
+@pytest.mark.parametrize("n,kappa", [(1_855_584, 0.998), (20_024_000, 0.9), (12_345, 0.95)])
+def test_synflow_round_counts_follow_the_reference_rounding(n: int, kappa: float) -> None:
+    """Synaptic-Flow: round k prunes k' = int((1 - d^(k/T)) N) by kthvalue, d = 1 - kappa."""
+    T = 100
+    keeps = S.synflow_round_keeps(n, kappa, T)
+    for k in range(1, T):
+        sparse = (1.0 - kappa) ** (k / T)  # prune_loop's exponential schedule
+        assert keeps[k - 1] == n - int((1.0 - sparse) * n)  # _global_mask's k
+    assert keeps[-1] == n - target_zeros(kappa, n)
+    assert all(a >= b for a, b in zip(keeps, keeps[1:]))
 
 
 def test_smart_ratio_densities_follow_the_formula() -> None:
@@ -267,3 +282,31 @@ def test_end_to_end_exact_sparsity_and_masks_hold(make_spec, tmp_path: Path, fam
     for k, v in weights.items():
         assert torch.equal(v != 0, masks[k]), k
         assert not torch.equal(v[masks[k]], init[k].detach()[masks[k]]) or not masks[k].any()
+
+
+def test_snip_grasp_score_on_class_balanced_data(make_spec, tmp_path: Path) -> None:
+    """sanity-checking-pruning: 10 images per class of a shuffled augmented pass, class by
+    class; GraSP splits the batch into halves (the first half: the lower classes)."""
+    from hypersparse.engine import Trainer
+    from hypersparse.methods.pai import reference_scoring_size
+
+    assert reference_scoring_size("cifar10", "resnet32") == (10, 1)
+    assert reference_scoring_size("cifar100", "vgg19") == (10, 1)
+    assert reference_scoring_size("tinyimagenet", "resnet32") == (1, 10)
+    assert reference_scoring_size("cifar10", "resnet56") == (1, 10)
+    trainer = Trainer(make_spec("snip", kappa=0.9), tmp_path / "run", progress=False)
+    classes = trainer.info.num_classes
+    (x, y), = build_params("snip", {}).batches(trainer)
+    assert torch.equal(torch.bincount(y, minlength=classes), torch.full((classes,), 10))
+    assert torch.equal(y, torch.arange(classes).repeat_interleave(10))  # class by class
+    assert x.shape[0] == 10 * classes
+    halves = build_params("grasp", {}).batches(trainer, split_halves=True)
+    assert [len(b[1]) for b in halves] == [5 * classes, 5 * classes]
+    assert set(halves[0][1].tolist()) == set(range(classes // 2))
+    several = build_params("snip", {"samples_per_class": 2, "iterations": 3}).batches(trainer)
+    assert len(several) == 3 and all(len(b[1]) == 2 * classes for b in several)
+    assert not torch.equal(several[0][0], several[1][0])  # a fresh pass per iteration
+    old = build_params("snip", {"scoring_data": "batches", "num_batches": 2}).batches(trainer)
+    assert [len(b[1]) for b in old] == [trainer.spec.optim.batch_size] * 2
+    with pytest.raises(ValueError, match="samples_per_class"):
+        build_params("snip", {"samples_per_class": 10_000}).batches(trainer)

@@ -20,6 +20,7 @@ from hypersparse.methods.rigl import (
     drop_fraction,
     drop_grow,
     layer_keep_counts,
+    update_steps,
 )
 from hypersparse.models import build_model
 from hypersparse.runner import execute
@@ -73,41 +74,98 @@ def test_drop_grow_by_hand() -> None:
 
 
 def _loop(model: nn.Module, hooks: RigLHooks, steps: int, opt: torch.optim.Optimizer) -> list:
-    """Train ``steps`` steps calling the hooks like the engine does; record each update."""
+    """Run ``steps`` iterations calling the hooks like the engine does; record each update."""
     tr = SimpleNamespace(model=model, optimizer=opt, step=0, device=torch.device("cpu"),
                          phase=Phase("rigl", 1, 0.1), train_loader=range(steps))
     hooks.on_phase_start(tr)
     x, y = torch.randn(64, 12), torch.randint(0, 3, (64,))
     events = []
-    for t in range(steps):
-        tr.step = t
+    for it in range(steps):
+        tr.step = it
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         grads = {k: w.grad.abs().clone() for k, w in M.prunable_named_weights(model)}
         before = {k: m.clone() for k, m in hooks.masks.items()}
-        hooks.before_step(tr)
-        opt.step()
-        hooks.after_step(tr)
-        if hooks.is_update(t):
-            events.append((before, {k: m.clone() for k, m in hooks.masks.items()}, grads))
+        weights = {k: w.detach().clone() for k, w in M.prunable_named_weights(model)}
+        if hooks.replace_step(tr):
+            events.append((it, before, {k: m.clone() for k, m in hooks.masks.items()}, grads,
+                           weights))
+        else:
+            hooks.before_step(tr)
+            opt.step()
+            hooks.after_step(tr)
     return events
+
+
+def _net() -> nn.Module:
+    return nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 3))
+
+
+def test_update_iterations_follow_the_reference_rule() -> None:
+    """google-research/rigl: update when t <= T_end and last + dt <= t (last starts at -dt),
+    t = SGD steps taken; an update iteration takes no SGD step, so t does not advance."""
+    torch.manual_seed(0)
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    dt, iterations = 3, 36
+    hooks = RigLHooks(RigLParams(delta_t=dt, end_frac=0.5, dense_first_layer=False))
+    hooks.masks = RigL(SimpleNamespace(kappa=0.8, seed=0), hooks.p).initial_masks(model)
+    events = _loop(model, hooks, iterations, opt)
+    t_end = int(0.5 * iterations)  # 18
+    ts = list(range(0, t_end + 1, dt))  # 0, 3, ..., 18: T_end included
+    assert update_steps(dt, t_end) == ts
+    # the j-th update happens after j*dt SGD steps and j update iterations
+    assert [it for it, *_ in events] == [t + j for j, t in enumerate(ts)]
+    assert hooks.updates == len(ts) and hooks.sgd_steps == iterations - len(ts)
+
+
+def test_update_replaces_the_sgd_step() -> None:
+    torch.manual_seed(2)
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    hooks = RigLHooks(RigLParams(delta_t=100, dense_first_layer=False))
+    hooks.masks = RigL(SimpleNamespace(kappa=0.8, seed=0), hooks.p).initial_masks(model)
+    tr = SimpleNamespace(model=model, optimizer=opt, step=0, device=torch.device("cpu"),
+                         phase=Phase("rigl", 1, 0.1), train_loader=range(10))
+    hooks.on_phase_start(tr)
+    before = {k: w.detach().clone() for k, w in M.prunable_named_weights(model)}
+    old = {k: m.clone() for k, m in hooks.masks.items()}
+    nn.functional.cross_entropy(model(torch.randn(8, 12)), torch.randint(0, 3, (8,))).backward()
+    assert hooks.replace_step(tr)  # t = 0: the first update, before any SGD step
+    for k, w in M.prunable_named_weights(model):
+        stay = old[k] & hooks.masks[k]
+        assert torch.equal(w.detach()[stay], before[k][stay])  # untouched by SGD
+        assert not w.detach()[~hooks.masks[k]].any()
+    assert not opt.state  # the optimizer never stepped
+    assert not hooks.replace_step(tr)  # next update only after delta_t SGD steps
+
+
+def test_first_layer_dense_and_outside_the_mask_by_default() -> None:
+    model = build_model("resnet8", 10, width=0.5)
+    p = build_params("rigl", {})
+    assert p.dense_first_layer  # the CIFAR reference: prune_first_layer=False
+    masks = RigL(SimpleNamespace(kappa=0.9, seed=0), p).initial_masks(model)
+    named = M.prunable_named_weights(model)
+    first = named[0][0]
+    assert first not in masks and set(masks) == {k for k, _ in named[1:]}
+    n = sum(w.numel() for _, w in named)
+    kept = named[0][1].numel() + sum(int(m.sum()) for m in masks.values())
+    assert kept == n - M.target_zeros(0.9, n)  # the whole network at exactly kappa
 
 
 def test_updates_keep_layer_density_and_grow_at_zero() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 3))
+    model = _net()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
-    spec = SimpleNamespace(kappa=0.8, seed=0)
-    method = RigL(spec, RigLParams(delta_t=3))
-    hooks = RigLHooks(RigLParams(delta_t=3, end_frac=0.75))
-    hooks.masks = method.initial_masks(model)
+    p = RigLParams(delta_t=3, end_frac=0.75, dense_first_layer=False)
+    hooks = RigLHooks(p)
+    hooks.masks = RigL(SimpleNamespace(kappa=0.8, seed=0), p).initial_masks(model)
     counts = {k: int(m.sum()) for k, m in hooks.masks.items()}
     n = M.num_prunable(model)
     assert sum(counts.values()) == n - M.target_zeros(0.8, n)
     events = _loop(model, hooks, 24, opt)
-    assert hooks.updates == len(events) == 5  # steps 3, 6, ..., 15 (< 0.75 * 24 = 18)
     changed = 0
-    for before, after, grads in events:
+    for _, before, after, grads, _ in events:
         for k, m in after.items():
             assert int(m.sum()) == counts[k]  # per-layer density constant
             new = m & ~before[k]
@@ -118,7 +176,7 @@ def test_updates_keep_layer_density_and_grow_at_zero() -> None:
             if new.any() and out.any():
                 assert grads[k][new].min() >= grads[k][out].max()
     assert changed > 0
-    # after the last update: masked weights (and their momentum) are exactly zero
+    # masked weights (and their momentum) are exactly zero
     for k, w in M.prunable_named_weights(model):
         assert not w[~hooks.masks[k]].any()
         assert not opt.state[w]["momentum_buffer"][~hooks.masks[k]].any()
@@ -126,12 +184,14 @@ def test_updates_keep_layer_density_and_grow_at_zero() -> None:
 
 def test_new_connections_start_at_zero_with_zero_momentum() -> None:
     torch.manual_seed(1)
-    model = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 3))
+    model = _net()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    hooks = RigLHooks(RigLParams(delta_t=2, alpha=1.0, end_frac=1.0))
-    hooks.masks = RigL(SimpleNamespace(kappa=0.7, seed=3), RigLParams()).initial_masks(model)
-    events = _loop(model, hooks, 3, opt)  # one update (fraction 0.25) after the last step
-    (before, after, _), = events
+    p = RigLParams(delta_t=2, alpha=1.0, end_frac=1.0, dense_first_layer=False)
+    hooks = RigLHooks(p)
+    hooks.masks = RigL(SimpleNamespace(kappa=0.7, seed=3), p).initial_masks(model)
+    events = _loop(model, hooks, 4, opt)  # updates at t = 0 and t = 2 (iterations 0 and 3)
+    it, before, after, _, _ = events[-1]
+    assert it == 3
     for k, w in M.prunable_named_weights(model):
         new = after[k] & ~before[k]
         assert new.any()
@@ -145,10 +205,11 @@ def test_rigl_end_to_end_exact(make_spec, tmp_path) -> None:
     n = metrics["num_prunable"]
     assert metrics["sparsity_ok"] and metrics["num_zero"] == math.floor(0.9 * n)
     assert metrics["rigl"]["updates"] >= 3
-    # per-layer counts in the saved model are the ERK counts
+    # per-layer counts in the saved model are the ERK counts, the first layer dense
     state = safe_torch_load(tmp_path / "rigl" / "model.pt")
     items = M.prunable_state_items(state)
-    counts = layer_keep_counts([(k, tuple(v.shape)) for k, v in items], n - math.floor(0.9 * n))
+    counts = layer_keep_counts([(k, tuple(v.shape)) for k, v in items], n - math.floor(0.9 * n),
+                               dense={items[0][0]})
     assert {k: int((v != 0).sum()) for k, v in items} == counts
     assert build_params("rigl", {}).distribution == "erk"
 

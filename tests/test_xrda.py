@@ -176,3 +176,26 @@ def test_xrda_at_kappa_is_exact(make_spec, tmp_path) -> None:
     assert m["xrda"]["over_sparse"] is False
     phases = [ln.split(",")[0] for ln in (tmp_path / "xk" / "history.csv").read_text().split()[1:]]
     assert phases == ["xrda", "finetune"]
+
+
+def test_batch_size_and_tau_follow_the_authors_scripts() -> None:
+    """xRDA_sparse_training_scripts: batch_size = 128 everywhere; mom_ts = b_mom_ts = 10.0 in
+    VGG19-CIFAR-10-unstructured.py, 9.5 in the others."""
+    from hypersparse.config import load_config, run_spec
+    from hypersparse.methods import build_params
+    from hypersparse.methods.xrda import resolved_taus
+
+    cfg = load_config("config/config.yaml")
+    assert run_spec(cfg, "cifar10", "resnet32", "xrda", 0.0, 0)["optim"]["batch_size"] == 128
+    assert run_spec(cfg, "cifar10", "resnet32", "xrda_at_kappa", 0.9, 0)["optim"][
+        "batch_size"] == 128
+    assert run_spec(cfg, "cifar10", "resnet32", "omp", 0.9, 0)["optim"]["batch_size"] == 64
+    assert run_spec(cfg, "cifar10", "resnet32", "dense", 0.0, 0)["optim"]["batch_size"] == 64
+    p = build_params("xrda", {})
+    assert resolved_taus(p, "cifar10", "vgg19") == (10.0, 10.0)
+    assert resolved_taus(p, "cifar100", "vgg19") == (9.5, 9.5)
+    assert resolved_taus(p, "cifar10", "resnet32") == (9.5, 9.5)
+    assert resolved_taus(build_params("xrda", {"tau": 3.0}), "cifar10", "vgg19") == (3.0, 3.0)
+    # a user's methods.<label>.optim wins over both
+    over = load_config("config/config.yaml", {"methods": {"xrda": {"optim": {"batch_size": 32}}}})
+    assert run_spec(over, "cifar10", "resnet32", "xrda", 0.0, 0)["optim"]["batch_size"] == 32

@@ -65,6 +65,7 @@ def _add_spec_args(p: argparse.ArgumentParser, method_default: str | None) -> No
 
 
 def _spec_from_args(args: argparse.Namespace) -> Any:
+    from .methods import get_method
     from .spec import RunSpec
 
     if args.spec_json:
@@ -89,6 +90,7 @@ def _spec_from_args(args: argparse.Namespace) -> Any:
         "data_root": args.data_root,
         "device": args.device,
         "params": params,
+        "optim": dict(get_method(args.method).optim_defaults),
     }
     if args.epochs is not None:
         d["dense"] = {"epochs": args.epochs, "milestones": [], "gamma": 0.1}

@@ -131,12 +131,26 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> di
 def method_entry(label: str, entry: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
     """(family, params) of a ``methods`` entry: ``family`` defaults to the label.
 
-    ``family`` and ``kappas`` are workflow keys, everything else is a method parameter.
+    ``family``, ``kappas`` and ``optim`` are workflow keys, everything else is a method
+    parameter.
     """
     entry = dict(entry or {})
     family = entry.pop("family", label)
     entry.pop("kappas", None)
+    entry.pop("optim", None)
     return family, entry
+
+
+def method_optim(cfg: dict[str, Any], label: str) -> dict[str, Any]:
+    """The optimizer settings of a method's runs: the grid's ``optim``, then what the method's
+    reference code uses (``Method.optim_defaults``), then ``methods.<label>.optim``."""
+    from .methods import get_method
+
+    if label == "dense":
+        return dict(cfg["optim"])
+    entry = cfg["methods"][label] or {}
+    family = method_entry(label, entry)[0]
+    return {**cfg["optim"], **get_method(family).optim_defaults, **(entry.get("optim") or {})}
 
 
 def method_kappas(cfg: dict[str, Any], label: str) -> list[float]:
@@ -201,7 +215,7 @@ def run_spec(
         "family": family,
         "kappa": float(kappa),
         "seed": int(seed),
-        "optim": dict(cfg["optim"]),
+        "optim": method_optim(cfg, method),
         "dense": dict(cfg["dense"]),
         "finetune": dict(cfg["finetune"]),
         "params": params,

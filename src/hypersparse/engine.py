@@ -89,6 +89,14 @@ class Hooks:
         """Extra loss added to the cross-entropy (e.g. a regulariser)."""
         return None
 
+    def replace_step(self, trainer: Trainer) -> bool:
+        """After backward: return True when the hook took this iteration's update itself.
+
+        The optimizer step (and ``before_step`` / ``after_step``) is then skipped, as RigL's
+        reference code does on a mask-update iteration.
+        """
+        return False
+
     def before_step(self, trainer: Trainer) -> None:
         """After backward, before the optimizer step (e.g. mask gradients)."""
 
@@ -443,9 +451,10 @@ class Trainer:
             total = loss if extra is None else loss + extra
             opt.zero_grad(set_to_none=True)
             total.backward()
-            hooks.before_step(self)
-            opt.step()
-            hooks.after_step(self)
+            if not hooks.replace_step(self):
+                hooks.before_step(self)
+                opt.step()
+                hooks.after_step(self)
             self.step += 1
             loss_sum += loss.detach() * y.numel()
             correct += (out.detach().argmax(1) == y).sum()

@@ -10,11 +10,20 @@ starts by taking the global magnitude top-(1-kappa) mask of the current weights 
 fixed (weights, gradients and momentum of pruned weights zero); a dense phase lifts the mask,
 pruned weights restart from zero.
 
+Reference: IST-DASLab/ACDC (``policies/pruners.py`` UnstructuredMagnitudePruner: one global
+magnitude threshold over all pruned layers, at the target sparsity from the first sparse
+phase on; ``policies/recyclers.py`` RestoreWeights: pruned weights come back as zeros).
 Defaults are fractions of the schedule, so short demo schedules keep the shape. They follow
-the authors' CIFAR-10 ResNet-20 configuration (200 epochs: dense until 10, phases of 20
-epochs, last sparse phase 170-200): warm-up 5%, phases 10%, final sparse phase 15%. Each
-length is at least one epoch; a sparse phase that would end right before the final one is
-merged into it.
+the authors' CIFAR-10 ResNet-20 configuration (200 epochs: pruning at epochs 10, 50, ..., 170,
+weights restored at 30, 70, ..., 150, so dense until 10, phases of 20 epochs, last sparse
+phase 170-200): warm-up 5%, phases 10%, final sparse phase 15%. Each length is at least one
+epoch; a sparse phase that would end right before the final one is merged into it.
+``reset_momentum_on_decompress`` (default True, as the authors' run scripts pass
+``--reset_momentum_after_recycling``) zeroes every momentum buffer when a dense phase starts.
+Deviations: the mask has exactly floor(kappa*N) zeros (the reference's percentile threshold
+keeps ties); the momentum of newly pruned weights is zeroed at compression (the reference lets
+it decay while the mask holds those weights at zero: the weights are the same, and after a
+phase of many steps so is the momentum).
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ class ACDCParams:
     warmup_frac: float = 0.05
     phase_frac: float = 0.1
     final_frac: float = 0.15
+    reset_momentum_on_decompress: bool = True
 
     def validate(self) -> None:
         """All fractions in [0, 1) with room left for the alternation."""
@@ -61,6 +71,16 @@ def epoch_modes(epochs: int, p: ACDCParams) -> list[str]:
     for i in range(middle):
         modes.append("sparse" if (i // length) % 2 == 0 else "dense")
     return modes + ["sparse"] * final
+
+
+def reset_momentum(optimizer: torch.optim.Optimizer | None) -> None:
+    """Zero every momentum buffer (the reference's ``reset_momentum_buffer``)."""
+    if optimizer is None:
+        return
+    for state in optimizer.state.values():
+        buf = state.get("momentum_buffer")
+        if buf is not None:
+            buf.zero_()
 
 
 class ACDCHooks(MaskHooks):
@@ -91,6 +111,8 @@ class ACDCHooks(MaskHooks):
             M.zero_momentum(trainer.optimizer, trainer.model, self.masks)
             self.sparse_phases += 1
         else:
+            if self.masks and self.p.reset_momentum_on_decompress:
+                reset_momentum(trainer.optimizer)
             self.masks = {}
 
     def end_epoch(self, trainer: Trainer, row: dict[str, Any]) -> bool:

@@ -37,6 +37,9 @@ class Method:
     Params: ClassVar[type] = NoParams
     exact_sparsity: ClassVar[bool] = True  # ends with exactly floor(kappa*N) zeros
     needs_kappa: ClassVar[bool] = True  # runs once per kappa (False: dense, xrda)
+    # Optimizer/batch settings this method's reference code uses instead of the grid's
+    # `optim` (e.g. xRDA's batch size 128); config `methods.<label>.optim` overrides both.
+    optim_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, spec: RunSpec, params: Any) -> None:
         self.spec = spec

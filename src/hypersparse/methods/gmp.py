@@ -1,31 +1,43 @@
 """Gradual magnitude pruning on a cubic sparsity schedule [gmp].
 
 Zhu & Gupta, "To prune, or not to prune: exploring the efficacy of pruning for model
-compression", ICLR 2018 workshop (arXiv 1710.01878).
+compression", ICLR 2018 workshop (arXiv 1710.01878); reference code: TensorFlow's
+``contrib/model_pruning`` (``pruning.py``), whose rules are the default here:
 
-Sparsity follows s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3 for t0 <= t <= t0 + n dt,
-pruning every dt optimizer steps by global magnitude (masks only shrink; pruned weights stay
-exactly zero in between, momentum included), and ends at exactly floor(kappa*N) zeros.
+- Schedule, with t the optimizer steps taken: s_t = s_f + (s_i - s_f) (1 - p)^3,
+  p = clip((t - begin) / (end - begin), 0, 1); the masks are updated at t when
+  begin <= t <= end and t >= (t of the last update) + dt, the last update starting at 0
+  (so the first update falls at max(begin, dt)).
+- ``scope: layer`` (default, as the reference): every prunable layer gets its own threshold
+  and the same sparsity s_t; ``scope: global`` uses one threshold over all layers.
+- Masks only shrink; pruned weights stay exactly zero in between (momentum included).
 
 Defaults: dt = 100 steps (Zhu & Gupta report 100-1000 makes no difference); s_i = 0; pruning
 runs from 10% to 75% of the training steps (end as in the GMP baseline of Evci et al., ICML
 2020), leaving the last quarter to recover at the final sparsity. ``from_dense = False``
 trains from scratch on the config's fine-tuning schedule; ``True`` starts from the dense run's
-final weights and prunes while fine-tuning on the same schedule. Short schedules whose pruning
-window holds fewer than 10 intervals of dt prune more often (see :func:`prune_steps`).
+final weights and prunes while fine-tuning on the same schedule.
+
+Deviations, for exact counts: thresholds are exact selections (the reference estimates them
+from a 255-bin histogram and smooths them over updates with ``threshold_decay``); the last
+update at or before ``end`` prunes to exactly floor(kappa*N) zeros even where (end - begin)
+is not a multiple of dt (the reference would stop short of s_f there), per layer
+floor(s_t n_l) zeros and, at the end, largest-remainder shares of floor(kappa*N). Short
+schedules whose window holds fewer than 10 intervals of dt prune more often (:func:`prune_steps`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from .. import masks as M
 from ..engine import MaskHooks, Trainer
 from .base import Method, load_dense_weights, register
+from .pai_scores import apportion
 
 MIN_INCREMENTS = 10  # short schedules still prune in at least this many steps
 
@@ -39,6 +51,7 @@ class GMPParams:
     prune_every_steps: int = 100
     initial_sparsity: float = 0.0
     from_dense: bool = False
+    scope: Literal["layer", "global"] = "layer"
 
     def validate(self) -> None:
         """0 <= start_frac <= end_frac <= 1, positive dt, 0 <= initial_sparsity < 1."""
@@ -52,30 +65,30 @@ class GMPParams:
             raise ValueError(f"initial_sparsity must be in [0, 1), got {self.initial_sparsity}")
 
 
-def cubic_sparsity(t: int, t0: int, n: int, dt: int, s_i: float, s_f: float) -> float:
-    """Zhu & Gupta's s_t, clamped to s_i before t0 and s_f after t0 + n dt."""
-    if t <= t0:
-        return s_i
-    if n * dt <= 0 or t >= t0 + n * dt:
-        return s_f
-    return s_f + (s_i - s_f) * (1.0 - (t - t0) / (n * dt)) ** 3
+def cubic_sparsity(t: int, begin: int, end: int, s_i: float, s_f: float) -> float:
+    """The reference's s_t = s_f + (s_i - s_f)(1 - p)^3, p = clip((t-begin)/(end-begin), 0, 1)."""
+    if end <= begin:
+        return s_f if t >= begin else s_i
+    p = min(1.0, max(0.0, (t - begin) / (end - begin)))
+    return s_f + (s_i - s_f) * (1.0 - p) ** 3
 
 
 def prune_steps(total_steps: int, p: GMPParams) -> tuple[int, int, int]:
-    """(t0, n, dt): first pruning step, number of increments, steps between pruning steps.
+    """(begin, end, dt) in optimizer steps taken: begin = round(start_frac T),
+    end = round(end_frac T) (at most T), dt = ``prune_every_steps``. When the window holds
+    fewer than MIN_INCREMENTS intervals of dt (short demo schedules), dt shrinks so that it
+    does (down to 1 step)."""
+    begin = min(int(round(p.start_frac * total_steps)), total_steps)
+    end = min(max(int(round(p.end_frac * total_steps)), begin), total_steps)
+    dt = max(1, min(p.prune_every_steps, (end - begin) // MIN_INCREMENTS))
+    return begin, end, dt
 
-    Pruning happens after optimizer steps t0, t0+dt, ..., t0+n*dt (0-based step indices),
-    the last one at or before end_frac of training and never after the last step. When the
-    window holds fewer than MIN_INCREMENTS steps of dt (short demo schedules), dt shrinks so
-    that it does (down to 1 step).
-    """
-    last = max(total_steps - 1, 0)
-    t0 = min(int(round(p.start_frac * total_steps)), last)
-    t_end = min(int(round(p.end_frac * total_steps)), last)
-    span = max(t_end - t0, 0)
-    dt = max(1, min(p.prune_every_steps, span // MIN_INCREMENTS))
-    n = span // dt
-    return t0, n, dt
+
+def update_steps(begin: int, end: int, dt: int) -> list[int]:
+    """Steps taken t at which the reference updates the masks: begin <= t <= end and
+    t >= last + dt, with last starting at 0."""
+    first = max(begin, dt)
+    return list(range(first, end + 1, dt))
 
 
 class GMPHooks(MaskHooks):
@@ -85,7 +98,8 @@ class GMPHooks(MaskHooks):
         super().__init__()
         self.p, self.kappa = p, kappa
         self.schedule: tuple[int, int, int] = (0, 0, 1)
-        self.log: list[list[float]] = []  # [step, sparsity] of each pruning step
+        self.final_step = 0
+        self.log: list[list[float]] = []  # [steps taken, sparsity] of each pruning step
 
     def on_phase_start(self, trainer: Trainer) -> None:
         phase = trainer.phase
@@ -93,52 +107,78 @@ class GMPHooks(MaskHooks):
         self.masks = {k: torch.ones_like(w, dtype=torch.bool)
                       for k, w in M.prunable_named_weights(trainer.model)}
         self.schedule = prune_steps(phase.epochs * len(trainer.train_loader), self.p)
+        steps = update_steps(*self.schedule)
+        self.final_step = steps[-1] if steps else -1
         super().on_phase_start(trainer)
 
-    def target(self, step: int) -> float:
-        """Sparsity the schedule asks for after optimizer step ``step``."""
-        t0, n, dt = self.schedule
-        return cubic_sparsity(step, t0, n, dt, self.p.initial_sparsity, self.kappa)
+    def target(self, t: int) -> float:
+        """Sparsity the schedule asks for after ``t`` optimizer steps."""
+        begin, end, _ = self.schedule
+        return cubic_sparsity(t, begin, end, self.p.initial_sparsity, self.kappa)
 
-    def is_prune_step(self, step: int) -> bool:
-        """True after the steps t0 + i dt, i = 0..n."""
-        t0, n, dt = self.schedule
-        return t0 <= step <= t0 + n * dt and (step - t0) % dt == 0
+    def is_prune_step(self, t: int) -> bool:
+        """True when the masks are updated after ``t`` optimizer steps."""
+        begin, end, dt = self.schedule
+        first = max(begin, dt)
+        return first <= t <= end and (t - first) % dt == 0
+
+    def layer_zeros(self, sizes: list[int], sparsity: float, final: bool) -> list[int]:
+        """Zeros per layer: floor(s n_l), or at the end exact shares of floor(kappa N)."""
+        if not final:
+            return [M.target_zeros(sparsity, n) for n in sizes]
+        return apportion([self.kappa * n for n in sizes], sizes, M.target_zeros(self.kappa,
+                                                                               sum(sizes)))
 
     @torch.no_grad()
     def prune(self, trainer: Trainer, sparsity: float, final: bool = False) -> None:
-        """Shrink the masks to ``sparsity`` by global magnitude among the live weights."""
+        """Shrink the masks to ``sparsity`` by magnitude among the live weights, per layer
+        (``scope: layer``) or globally."""
         named = M.prunable_named_weights(trainer.model)
-        n = sum(w.numel() for _, w in named)
-        zeros = M.target_zeros(self.kappa, n) if final else M.target_zeros(sparsity, n)
-        current = sum(int((~m).sum()) for m in self.masks.values())
-        if zeros <= current:
-            return  # masks only shrink
+        sizes = [w.numel() for _, w in named]
+        n = sum(sizes)
+        before = sum(int((~m).sum()) for m in self.masks.values())
         scores = [(k, torch.where(self.masks[k], w.abs(), -1.0)) for k, w in named]
-        self.masks = M.topk_masks_from_scores(scores, n - zeros)
+        if self.p.scope == "global":
+            zeros = M.target_zeros(self.kappa if final else sparsity, n)
+            if zeros <= before:
+                return  # masks only shrink
+            self.masks = M.topk_masks_from_scores(scores, n - zeros)
+        else:
+            goal = self.layer_zeros(sizes, sparsity, final)
+            changed = False
+            for (k, sc), z, size in zip(scores, goal, sizes, strict=True):
+                if z > int((~self.masks[k]).sum()):
+                    self.masks[k] = M.topk_masks_from_scores([(k, sc)], size - z)[k]
+                    changed = True
+            if not changed:
+                return
         M.apply_masks(trainer.model, self.masks)
         M.zero_momentum(trainer.optimizer, trainer.model, self.masks)
-        self.log.append([trainer.step, zeros / n])
+        zeros = sum(int((~m).sum()) for m in self.masks.values())
+        self.log.append([trainer.step + 1, zeros / n])
 
     def after_step(self, trainer: Trainer) -> None:
         super().after_step(trainer)
-        if self.is_prune_step(trainer.step):
-            t0, n, dt = self.schedule
-            self.prune(trainer, self.target(trainer.step), final=trainer.step == t0 + n * dt)
+        t = trainer.step + 1  # optimizer steps taken, as the reference's global step
+        if self.is_prune_step(t):
+            self.prune(trainer, self.target(t), final=t == self.final_step)
 
     def on_phase_end(self, trainer: Trainer) -> dict[str, Any]:
         # Safety net (e.g. a zero-step phase): the final model must have exactly the target.
         self.prune(trainer, self.kappa, final=True)
-        t0, n, dt = self.schedule
-        return {"gmp_schedule": {"t0": t0, "n": n, "dt": dt}, "gmp_prune_log": self.log}
+        begin, end, dt = self.schedule
+        return {"gmp_schedule": {"begin": begin, "end": end, "dt": dt, "scope": self.p.scope},
+                "gmp_prune_log": self.log}
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "schedule": list(self.schedule), "log": self.log}
+        return {**super().state_dict(), "schedule": list(self.schedule),
+                "final_step": self.final_step, "log": self.log}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        t0, n, dt = state.get("schedule", (0, 0, 1))
-        self.schedule = (int(t0), int(n), int(dt))
+        begin, end, dt = state.get("schedule", (0, 0, 1))
+        self.schedule = (int(begin), int(end), int(dt))
+        self.final_step = int(state.get("final_step", -1))
         self.log = [list(x) for x in state.get("log", [])]
 
 

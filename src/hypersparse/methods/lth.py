@@ -4,11 +4,21 @@ Frankle & Carbin, "The Lottery Ticket Hypothesis: Finding Sparse, Trainable Neur
 ICLR 2019 (iterative magnitude pruning, IMP); Frankle, Dziugaite, Roy & Carbin, "Linear Mode
 Connectivity and the Lottery Ticket Hypothesis", ICML 2020 (rewinding to an early iterate).
 
-Procedure: the dense run is the first training round. Each round r = 1..R prunes
-``prune_fraction`` of the weights still alive (global magnitude, masks only shrink), rewinds
-the survivors, BatchNorm statistics and all other state to the dense run's epoch-
-``rewind_epoch`` snapshot, and retrains with the mask fixed. The last round prunes to exactly
-floor(kappa*N) zeros, so R = ceil(log(1-kappa) / log(1-prune_fraction)) (28 rounds at 99.8%).
+Procedure (open_lth's ``sparse_global`` strategy): the dense run is the first training round.
+Each round r = 1..R prunes ceil(``prune_fraction`` x the weights still alive) by global
+magnitude among the live weights (masks only shrink), rewinds the survivors, BatchNorm
+statistics and all other state to the dense run's epoch-``rewind_epoch`` snapshot, and
+retrains with the mask fixed. The last round prunes to exactly floor(kappa*N) zeros, so
+R is about ceil(log(1-kappa) / log(1-prune_fraction)) (28 rounds at 99.8%).
+
+Which layers: every Conv2d/Linear weight, except that open_lth's VGG models do not prune the
+classifier (``pruning_layers_to_ignore='fc.weight'``); ``ignore_classifier: auto`` follows that
+(VGG: kept dense; ResNet: pruned), ``on``/``off`` force it. The alive count that the 20% is
+taken of includes the ignored classifier, as open_lth's mask does. Where kappa cannot be
+reached with the classifier dense (e.g. VGG-19 on CIFAR-100 at 99.8%), the classifier's
+smallest weights are pruned last, only as many as needed, with a warning and
+``lth.classifier_zeros`` in metrics.json. Deviation: open_lth keeps |w| > the sorted value at
+index ceil(...), which prunes one weight more per round (and all ties); here the count is exact.
 
 Defaults: ``rewind_epoch = 5``. Frankle et al. (2020) find ResNet-20 on CIFAR-10 stable to SGD
 noise from iteration ~2000 at batch 128 (about 3% of training), i.e. about 5 CIFAR epochs.
@@ -31,6 +41,7 @@ import torch
 from .. import masks as M
 from ..engine import MaskHooks, Phase, Trainer
 from ..io import load_state_dict_checked, safe_torch_load
+from ..models import VGG
 from .base import Method, load_dense_weights, register
 
 log = logging.getLogger("hypersparse")
@@ -38,11 +49,13 @@ log = logging.getLogger("hypersparse")
 
 @dataclasses.dataclass(frozen=True)
 class LTHParams:
-    """IMP with rewinding: 20% of the remaining weights per round, rewind to epoch 5."""
+    """IMP with rewinding: 20% of the remaining weights per round, rewind to epoch 5;
+    the classifier of VGG models is not pruned (open_lth)."""
 
     prune_fraction: float = 0.2
     rewind_epoch: int = 5
     round_schedule: Literal["rewind", "finetune"] = "rewind"
+    ignore_classifier: Literal["auto", "on", "off"] = "auto"
 
     def validate(self) -> None:
         """Reject fractions outside (0, 1) and negative rewind epochs."""
@@ -53,7 +66,8 @@ class LTHParams:
 
 
 def num_rounds(kappa: float, prune_fraction: float) -> int:
-    """R = ceil(log(1-kappa)/log(1-p)): rounds of pruning p of the rest to reach kappa (>= 1)."""
+    """About ceil(log(1-kappa)/log(1-p)) rounds reach kappa (>= 1); the exact count for N
+    weights is ``len(round_zeros(kappa, p, N))``, at most this."""
     if kappa <= 0.0:
         return 1
     exact = math.log(1.0 - kappa) / math.log(1.0 - prune_fraction)
@@ -61,21 +75,38 @@ def num_rounds(kappa: float, prune_fraction: float) -> int:
 
 
 def round_zeros(kappa: float, prune_fraction: float, n: int) -> list[int]:
-    """Zeros after each round: floor((1-(1-p)^r) N), the last one exactly floor(kappa N)."""
-    rounds = num_rounds(kappa, prune_fraction)
-    out = [
-        min(M.target_zeros(1.0 - (1.0 - prune_fraction) ** r, n), M.target_zeros(kappa, n))
-        for r in range(1, rounds)
-    ]
-    return out + [M.target_zeros(kappa, n)]
+    """Zeros after each round: z_r = z_(r-1) + ceil(p (N - z_(r-1))) (open_lth), until
+    floor(kappa N) is reached; the last round stops exactly there."""
+    target = M.target_zeros(kappa, n)
+    out: list[int] = []
+    z = 0
+    while True:
+        z = min(z + math.ceil(prune_fraction * (n - z) - 1e-9), target)
+        out.append(z)
+        if z >= target:
+            return out
 
 
-def shrink_masks(model: torch.nn.Module, zeros: int) -> M.Masks:
-    """Global magnitude masks with ``zeros`` zeros that never revive a zero weight."""
+def classifier_name(model: torch.nn.Module) -> str | None:
+    """Parameter name of the last Linear layer's weight (the classifier), if any."""
+    names = [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    return names[-1] if names else None
+
+
+def shrink_masks(
+    model: torch.nn.Module, zeros: int, spared: frozenset[str] | set[str] = frozenset()
+) -> M.Masks:
+    """Global magnitude masks with ``zeros`` zeros that never revive a zero weight; layers in
+    ``spared`` are pruned only once every other live weight is gone."""
     named = M.prunable_named_weights(model)
     n = sum(w.numel() for _, w in named)
-    # Weights already pruned (exactly zero) score -1, below every live |w|.
-    scores = [(k, torch.where(w != 0, w.detach().abs(), -1.0)) for k, w in named]
+    # Weights already pruned (exactly zero) score -1, below every live |w|; spared layers
+    # score above every other layer's weight.
+    lift = 1.0 + max(float(w.detach().abs().max()) for _, w in named) if spared else 0.0
+    scores = [
+        (k, torch.where(w != 0, w.detach().abs() + (lift if k in spared else 0.0), -1.0))
+        for k, w in named
+    ]
     return M.topk_masks_from_scores(scores, n - zeros)
 
 
@@ -103,11 +134,26 @@ class LotteryTicket(Method):
         milestones = tuple(m - k for m in d.milestones if m > k)
         return Phase(f"round{r}", max(d.epochs - k, 0), lr, milestones, d.gamma)
 
+    def spared_layers(self, model: torch.nn.Module) -> set[str]:
+        """The layers open_lth does not prune: the classifier of VGG models (on ``auto``)."""
+        ignore = self.p.ignore_classifier
+        if ignore == "auto":
+            ignore = "on" if isinstance(model, VGG) else "off"
+        name = classifier_name(model)
+        return {name} if ignore == "on" and name is not None else set()
+
     def start_round(self, trainer: Trainer, r: int, zeros: int, dense_dir: Path) -> M.Masks:
         """Prune the current (or, in round 1, the dense final) weights, then rewind survivors."""
         if r == 1:
             load_dense_weights(trainer, dense_dir / "model.pt")
-        masks = shrink_masks(trainer.model, zeros)
+        spared = self.spared_layers(trainer.model)
+        masks = shrink_masks(trainer.model, zeros, spared)
+        cut = sum(int((~masks[k]).sum()) for k in spared)
+        if cut:
+            log.warning(
+                "LTH round %d: kappa=%g cannot be reached with the classifier dense; %d of its "
+                "weights are pruned (open_lth would not prune it)", r, self.spec.kappa, cut
+            )
         snap = safe_torch_load(
             dense_dir / f"snapshot_e{self.p.rewind_epoch}.pt", map_location=trainer.device
         )
@@ -138,6 +184,8 @@ class LotteryTicket(Method):
                 hooks.masks = self.start_round(t, r, z, dense_dir)
 
             trainer.fit(self.round_phase(r), hooks, on_start=start)
+        spared = self.spared_layers(trainer.model)
+        named = dict(M.prunable_named_weights(trainer.model))
         return {
             "lth": {
                 "rounds": rounds,
@@ -147,5 +195,7 @@ class LotteryTicket(Method):
                 "zeros_per_round": zeros,
                 "sparsity_per_round": [z / n for z in zeros],
                 "rewind_epoch": self.p.rewind_epoch,
+                "spared_layers": sorted(spared),
+                "classifier_zeros": sum(int((named[k] == 0).sum()) for k in spared),
             }
         }

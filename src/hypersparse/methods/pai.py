@@ -5,9 +5,13 @@ Each method computes a mask on the freshly seeded model (the Trainer seeds torch
 spec.seed before building it), then trains it with that fixed mask on the ``finetune``
 schedule (160 epochs, steps [80, 120], the dense model's optimizer) in one phase "train".
 The mask is computed only when the phase starts fresh; on resume it comes back from the
-checkpointed MaskHooks state. Scoring batches are the first ``num_batches`` batches of the
-training loader at epoch 0 (deterministic, augmented as in training). The scores themselves
-are in :mod:`hypersparse.methods.pai_scores`.
+checkpointed MaskHooks state. SNIP and GraSP score on class-balanced data as the
+sanity-checking-pruning code base (Su et al. 2020) that the paper's baselines come from:
+per iteration, a fresh shuffled and augmented pass over the training set yields the first
+``samples_per_class`` images of every class, concatenated class by class (10 per class and
+one iteration; 1 per class and 10 iterations for Tiny ImageNet and ResNets deeper than 32).
+``scoring_data: batches`` uses the first ``num_batches`` training batches instead. The scores
+themselves are in :mod:`hypersparse.methods.pai_scores`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch
 
 from ..engine import Trainer
 from ..masks import Masks
-from ..models import VGG
+from ..models import VGG, parse_model_name
 from . import pai_scores as S
 from .base import Method, register
 
@@ -30,6 +34,84 @@ def scoring_batches(trainer: Trainer, num_batches: int) -> list[S.Batch]:
     """The first ``num_batches`` training batches of epoch 0 (same every run of a seed)."""
     trainer.train_loader.set_epoch(0)
     return list(itertools.islice(iter(trainer.train_loader), num_batches))
+
+
+def class_balanced_batch(trainer: Trainer, samples_per_class: int, iteration: int = 0
+                         ) -> S.Batch:
+    """The reference's scoring batch: the first ``samples_per_class`` images of each class in
+    a shuffled, augmented pass over the training set (pass ``iteration``), class by class.
+
+    Raises ValueError when a class has fewer images than asked for (the reference would loop).
+    """
+    loader = trainer.train_loader
+    num_classes = trainer.info.num_classes
+    counts = torch.bincount(loader.labels.cpu(), minlength=num_classes)
+    short = [c for c in range(num_classes) if int(counts[c]) < samples_per_class]
+    if short:
+        raise ValueError(
+            f"scoring needs {samples_per_class} training images per class, but class(es) "
+            f"{short[:5]} have fewer: lower samples_per_class"
+        )
+    loader.set_epoch(-1 - iteration)  # a shuffle of its own, not one of the training epochs
+    xs: list[list[torch.Tensor]] = [[] for _ in range(num_classes)]
+    need = [samples_per_class] * num_classes
+    left = num_classes
+    for x, y in loader:
+        for i, c in enumerate(y.tolist()):
+            if need[c] > 0:
+                xs[c].append(x[i : i + 1])
+                need[c] -= 1
+                left -= need[c] == 0
+        if left == 0:
+            break
+    x = torch.cat([t for per_class in xs for t in per_class])
+    y = torch.repeat_interleave(
+        torch.arange(num_classes, device=x.device), samples_per_class
+    )
+    return x, y
+
+
+def reference_scoring_size(dataset: str, model: str) -> tuple[int, int]:
+    """(samples per class, iterations) of the sanity-checking-pruning code for SNIP/GraSP."""
+    family, depth = parse_model_name(model)
+    if dataset == "tinyimagenet" or (family == "resnet" and depth > 32):
+        return 1, 10
+    return 10, 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringData:
+    """Which training data SNIP and GraSP score on (see the module docstring)."""
+
+    scoring_data: Literal["class_balanced", "batches"] = "class_balanced"
+    samples_per_class: int | None = None  # None: the reference's choice for data set + model
+    iterations: int | None = None  # None: the reference's choice
+    num_batches: int = 1  # with scoring_data: batches
+
+    def validate(self) -> None:
+        _positive("num_batches", self.num_batches)
+        for name in ("samples_per_class", "iterations"):
+            v = getattr(self, name)
+            if v is not None:
+                _positive(name, v)
+
+    def batches(self, trainer: Trainer, split_halves: bool = False) -> list[S.Batch]:
+        """The scoring batches; GraSP (``split_halves``) splits each class-balanced batch in
+        two halves as the reference does (first half: the lower class indices)."""
+        if self.scoring_data == "batches":
+            return scoring_batches(trainer, self.num_batches)
+        per_class, iters = reference_scoring_size(trainer.spec.dataset, trainer.spec.model)
+        per_class = self.samples_per_class or per_class
+        iters = self.iterations or iters
+        out: list[S.Batch] = []
+        for it in range(iters):
+            x, y = class_balanced_batch(trainer, per_class, it)
+            if split_halves:
+                h = len(y) // 2
+                out += [(x[:h], y[:h]), (x[h:], y[h:])]
+            else:
+                out.append((x, y))
+        return out
 
 
 def _positive(name: str, value: float) -> None:
@@ -68,13 +150,8 @@ class RandomPruning(_PruneAtInit):
 
 
 @dataclasses.dataclass(frozen=True)
-class SnipParams:
-    """SNIP: gradients from ``num_batches`` training batches (the paper uses one mini-batch)."""
-
-    num_batches: int = 1
-
-    def validate(self) -> None:
-        _positive("num_batches", self.num_batches)
+class SnipParams(ScoringData):
+    """SNIP: gradients of class-balanced scoring data (see :class:`ScoringData`)."""
 
 
 @register
@@ -89,25 +166,22 @@ class Snip(_PruneAtInit):
     Params = SnipParams
 
     def masks(self, trainer: Trainer) -> Masks:
-        scores = S.snip_scores(trainer.model, scoring_batches(trainer, self.p.num_batches))
+        scores = S.snip_scores(trainer.model, self.p.batches(trainer))
         return S.masks_keep_highest(scores, self.spec.kappa)
 
 
 @dataclasses.dataclass(frozen=True)
-class GraspParams:
-    """GraSP defaults from the authors' code: T = 200, Xavier re-init of the scoring classifier.
-
-    The authors draw 10 samples per class (CIFAR-10) and split them into two halves that act
-    as two batches; here ``num_batches`` = 2 training batches play that role (128 images at
-    batch size 64, close to the authors' 100).
+class GraspParams(ScoringData):
+    """GraSP defaults from the authors' code: T = 200, Xavier re-init of the scoring classifier;
+    class-balanced scoring data split into two halves per iteration (see :class:`ScoringData`).
     """
 
-    num_batches: int = 2
+    num_batches: int = 2  # with scoring_data: batches
     temperature: float = 200.0
     reinit_linear: bool = True
 
     def validate(self) -> None:
-        _positive("num_batches", self.num_batches)
+        super().validate()
         _positive("temperature", self.temperature)
 
 
@@ -126,7 +200,7 @@ class Grasp(_PruneAtInit):
     def masks(self, trainer: Trainer) -> Masks:
         scores = S.grasp_scores(
             trainer.model,
-            scoring_batches(trainer, self.p.num_batches),
+            self.p.batches(trainer, split_halves=True),
             self.p.temperature,
             self.p.reinit_linear,
             self.generator(),
@@ -136,10 +210,11 @@ class Grasp(_PruneAtInit):
 
 @dataclasses.dataclass(frozen=True)
 class SynflowParams:
-    """SynFlow: 100 pruning rounds (paper); float64 scoring avoids overflow of R in deep nets."""
+    """SynFlow: 100 pruning rounds, scored in float32 as the reference code does
+    (``double: true`` scores in float64, which avoids overflow of R in very deep nets)."""
 
     iterations: int = 100
-    double: bool = True
+    double: bool = False
 
     def validate(self) -> None:
         _positive("iterations", self.iterations)
@@ -152,9 +227,10 @@ class Synflow(_PruneAtInit):
     Tanaka, Kunin, Yamins, Ganguli, "Pruning neural networks without any data by iteratively
     conserving synaptic flow", NeurIPS 2020. Every parameter and buffer replaced by its
     absolute value, BN in eval mode (running stats at init: mean 0, var 1), input all ones of
-    the data shape, R = sum of the logits; round k of T keeps (1-kappa)^(k/T) of the weights
-    (exponential schedule), scores recomputed with the previous mask applied. The trained
-    model keeps its original signed weights.
+    the data shape, R = sum of the logits; round k of T keeps N - int((1 - d^(k/T)) N)
+    weights with d = 1-kappa (the reference's exponential schedule and rounding), scores
+    recomputed with the previous mask applied; the last round keeps exactly N - floor(kappa*N).
+    The trained model keeps its original signed weights.
     """
 
     family = "synflow"

@@ -154,10 +154,21 @@ class _SynFlowNet:
 
 
 def synflow_scores(
-    model: nn.Module, input_shape: Sequence[int], masks: Masks | None = None, double: bool = True
+    model: nn.Module, input_shape: Sequence[int], masks: Masks | None = None, double: bool = False
 ) -> Scores:
     """One round of SynFlow scores (Tanaka et al. 2020); needs no data, only the input shape."""
     return _SynFlowNet(model, input_shape, double).scores(masks)
+
+
+def synflow_round_keeps(n: int, kappa: float, iterations: int) -> list[int]:
+    """Weights kept after each round k = 1..T: N - int((1 - d^(k/T)) N) with d = 1 - kappa,
+    the rounding of Synaptic-Flow's ``prune_loop`` + ``_global_mask``; the last round keeps
+    exactly N - floor(kappa*N) (the project's exact count; the two differ only by float error).
+    """
+    density = 1.0 - kappa
+    keeps = [n - int((1.0 - density ** (k / iterations)) * n) for k in range(1, iterations)]
+    final = keep_count(kappa, n)
+    return [max(final, k) for k in keeps] + [final]
 
 
 def synflow_masks(
@@ -165,21 +176,17 @@ def synflow_masks(
     input_shape: Sequence[int],
     kappa: float,
     iterations: int = 100,
-    double: bool = True,
+    double: bool = False,
 ) -> Masks:
-    """Iterative SynFlow: at round k = 1..T keep round(N * (1-kappa)^(k/T)) weights, exactly
-    (1-kappa)N at k = T, re-scoring the network with the previous round's mask applied.
+    """Iterative SynFlow: round k = 1..T keeps :func:`synflow_round_keeps` weights,
+    re-scoring the network with the previous round's mask applied.
 
     Pruned weights are never revived (they rank below every unpruned weight).
     """
     sf = _SynFlowNet(model, input_shape, double)
     n = _total(sf.named)
-    final = keep_count(kappa, n)
     masks: Masks | None = None
-    for k in range(1, iterations + 1):
-        keep = (
-            final if k == iterations else max(final, round(n * (1.0 - kappa) ** (k / iterations)))
-        )
+    for keep in synflow_round_keeps(n, kappa, iterations):
         scores = sf.scores(masks)
         if masks is not None:  # already pruned: below every live weight (live scores >= 0)
             scores = [(name, torch.where(masks[name], s, -1.0)) for name, s in scores]

@@ -1,22 +1,32 @@
 """Rigged Lottery: sparse training from scratch with drop/grow mask updates [rigl].
 
 Evci, Gale, Menick, Castro & Elsen, "Rigging the Lottery: Making All Tickets Winners",
-ICML 2020.
+ICML 2020; reference code google-research/rigl (``rigl/sparse_optimizers_base.py``, CIFAR
+script ``rigl/cifar_resnet/resnet_train_eval.py``), whose behaviour is the default here:
 
 - Layer densities: Erdős–Rényi-Kernel (ERK), density_l proportional to
   sum(shape_l) / prod(shape_l), scaled so the kept weights total exactly
   N - floor(kappa*N), layers that would exceed density 1 kept dense and the rest rescaled;
   integer counts by largest-remainder rounding. ``distribution = "uniform"`` gives every
-  layer the same density. ``dense_first_layer`` (default False, as for ERK in the paper;
-  the paper's uniform baseline sets it) keeps the first conv dense.
+  layer the same density.
+- ``dense_first_layer`` (default True, the CIFAR code's ``prune_first_layer=False``): the
+  first conv stays dense and outside the mask. Deviation: the other layers absorb its
+  share, so the whole network still has exactly floor(kappa*N) zeros (the reference counts
+  its sparsity over the masked layers only).
 - Initial mask: uniformly random within each layer (torch.Generator seeded by spec.seed).
-- Every ``delta_t`` steps (default 100) until ``end_frac`` (0.75) of training, per layer:
-  drop the fraction f_t = alpha/2 (1 + cos(pi t / T_end)) (alpha = 0.3) of active weights
-  with the smallest |w|, grow as many inactive ones with the largest |dense gradient| of the
-  current batch. Grown weights start at zero with zero momentum; a weight dropped and grown
-  in the same update keeps its value (the reference code's default). Per-layer counts, hence
-  densities, never change. Unlike the reference code, the SGD step of an update iteration is
-  still taken (before the mask update), which changes nothing but the order.
+- Schedule, with t the number of SGD steps taken so far: an iteration is a mask update when
+  t <= T_end and t >= (t of the last update) + delta_t, the first at t = 0, so updates fall
+  at t = 0, delta_t, 2 delta_t, ... up to and including T_end = end_frac of the phase's
+  iterations. A mask-update iteration applies the update *instead of* the SGD step (the
+  reference's ``cond_mask_update_op``), so t does not advance on it.
+- Update, per layer: drop the fraction f_t = alpha/2 (1 + cos(pi min(t, T_end) / T_end))
+  (alpha = 0.3) of active weights with the smallest |w|, grow as many inactive ones with the
+  largest |dense gradient| of the current batch. Grown weights start at zero with zero
+  momentum; a weight dropped and grown in the same update keeps its value. Per-layer counts,
+  hence densities, never change.
+- Deviations: ties are broken by position instead of the reference's N(0, 1e-5) noise on the
+  drop scores; only positions with a non-zero gradient can grow (a grown weight with zero
+  gradient would stay zero for ever), so with fewer such candidates fewer are dropped.
 """
 
 from __future__ import annotations
@@ -35,13 +45,14 @@ from .base import Method, register
 
 @dataclasses.dataclass(frozen=True)
 class RigLParams:
-    """Paper defaults: ERK, delta_t = 100, alpha = 0.3, updates until 75% of training."""
+    """Reference defaults: ERK, delta_t = 100, alpha = 0.3, updates until 75% of training,
+    the first layer dense."""
 
     delta_t: int = 100
     alpha: float = 0.3
     end_frac: float = 0.75
     distribution: Literal["erk", "uniform"] = "erk"
-    dense_first_layer: bool = False
+    dense_first_layer: bool = True
 
     def validate(self) -> None:
         """Positive update interval, alpha and end_frac in (0, 1]."""
@@ -102,8 +113,15 @@ def layer_keep_counts(
 
 
 def drop_fraction(step: int, alpha: float, t_end: int) -> float:
-    """f_t = alpha/2 (1 + cos(pi t / T_end)), the cosine-decayed update fraction."""
-    return alpha / 2.0 * (1.0 + math.cos(math.pi * step / t_end)) if t_end > 0 else 0.0
+    """f_t = alpha/2 (1 + cos(pi min(t, T_end) / T_end)), the cosine-decayed update fraction."""
+    if t_end <= 0:
+        return alpha
+    return alpha / 2.0 * (1.0 + math.cos(math.pi * min(step, t_end) / t_end))
+
+
+def update_steps(delta_t: int, t_end: int) -> list[int]:
+    """SGD-step counts t at which the reference updates the mask: 0, delta_t, ..., <= T_end."""
+    return list(range(0, t_end + 1, delta_t))
 
 
 def random_layer_masks(
@@ -141,63 +159,76 @@ def drop_grow(
 
 
 class RigLHooks(MaskHooks):
-    """Fixed per-layer counts; periodic magnitude drop / gradient grow."""
+    """Fixed per-layer counts; periodic magnitude drop / gradient grow instead of an SGD step."""
 
     def __init__(self, p: RigLParams) -> None:
         super().__init__()
         self.p = p
         self.t_end = 0
         self.updates = 0
-        self._grads: dict[str, torch.Tensor] = {}
+        self.sgd_steps = 0  # t: SGD steps taken in this phase (update iterations excluded)
+        self.last_update = -p.delta_t  # so that the first update falls at t = 0
 
     def on_phase_start(self, trainer: Trainer) -> None:
         assert trainer.phase is not None
         self.t_end = int(self.p.end_frac * trainer.phase.epochs * len(trainer.train_loader))
         super().on_phase_start(trainer)
 
-    def is_update(self, step: int) -> bool:
-        """Update after steps delta_t, 2 delta_t, ... before T_end."""
-        return 0 < step < self.t_end and step % self.p.delta_t == 0
+    def is_update(self) -> bool:
+        """The reference's rule at the current t: t <= T_end and t >= last update + delta_t."""
+        t = self.sgd_steps
+        return t <= self.t_end and self.last_update + self.p.delta_t <= t
 
-    def before_step(self, trainer: Trainer) -> None:
-        if self.is_update(trainer.step):  # the dense gradient, before masking
-            self._grads = {
-                k: w.grad.detach().abs().clone()
-                for k, w in M.prunable_named_weights(trainer.model)
-                if w.grad is not None
-            }
-        super().before_step(trainer)
+    def replace_step(self, trainer: Trainer) -> bool:
+        if not self.is_update():
+            return False
+        self.update(trainer, drop_fraction(self.sgd_steps, self.p.alpha, self.t_end))
+        self.last_update = self.sgd_steps
+        return True
 
     def after_step(self, trainer: Trainer) -> None:
         super().after_step(trainer)
-        if self.is_update(trainer.step):
-            self.update(trainer, drop_fraction(trainer.step, self.p.alpha, self.t_end))
+        self.sgd_steps += 1
 
     @torch.no_grad()
     def update(self, trainer: Trainer, fraction: float) -> None:
-        """Drop/grow in every layer; new connections start at zero with zero momentum."""
+        """Drop/grow in every masked layer from the current (dense) gradients; new connections
+        start at zero with zero momentum."""
         still: M.Masks = {}
         for name, w in M.prunable_named_weights(trainer.model):
-            g = self._grads.get(name, torch.zeros_like(w))
-            old = self.masks[name]
+            old = self.masks.get(name)
+            if old is None:  # outside the mask (the dense first layer)
+                continue
+            g = w.grad.detach().abs() if w.grad is not None else torch.zeros_like(w)
             new, _ = drop_grow(w, g, old, fraction, name)
             self.masks[name] = new
             still[name] = new & old  # weights that were and stay active keep their momentum
         M.apply_masks(trainer.model, self.masks)  # dropped -> 0; grown were 0 already
         M.zero_momentum(trainer.optimizer, trainer.model, still)
-        self._grads = {}
         self.updates += 1
 
     def on_phase_end(self, trainer: Trainer) -> dict[str, Any]:
-        return {"rigl_updates": self.updates, "rigl_t_end": self.t_end}
+        return {
+            "rigl_updates": self.updates,
+            "rigl_t_end": self.t_end,
+            "rigl_sgd_steps": self.sgd_steps,
+        }
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "t_end": self.t_end, "updates": self.updates}
+        return {
+            **super().state_dict(),
+            "t_end": self.t_end,
+            "updates": self.updates,
+            "sgd_steps": self.sgd_steps,
+            "last_update": self.last_update,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.t_end = int(state.get("t_end", 0))
         self.updates = int(state.get("updates", 0))
+        self.sgd_steps = int(state.get("sgd_steps", 0))
+        self.last_update = int(state.get("last_update", -self.p.delta_t))
 
 
 @register
@@ -208,7 +239,10 @@ class RigL(Method):
     Params = RigLParams
 
     def initial_masks(self, model: torch.nn.Module) -> M.Masks:
-        """ERK (or uniform) per-layer counts, random positions, exact global count."""
+        """ERK (or uniform) per-layer counts, random positions, exact global count.
+
+        With ``dense_first_layer`` the first layer counts as kept whole and has no mask.
+        """
         named = M.prunable_named_weights(model)
         n = sum(w.numel() for _, w in named)
         keep = n - M.target_zeros(self.spec.kappa, n)
@@ -216,7 +250,8 @@ class RigL(Method):
         counts = layer_keep_counts(
             [(k, tuple(w.shape)) for k, w in named], keep, self.p.distribution, dense
         )
-        return random_layer_masks(named, counts, self.spec.seed)
+        masks = random_layer_masks(named, counts, self.spec.seed)
+        return {k: m for k, m in masks.items() if k not in dense}
 
     def run(self, trainer: Trainer, dense_dir: Path | None) -> dict[str, Any]:
         hooks = RigLHooks(self.p)
@@ -225,4 +260,10 @@ class RigL(Method):
             hooks.masks = self.initial_masks(t.model)
 
         result = trainer.fit(self.finetune_phase("rigl"), hooks, on_start=start)
-        return {"rigl": {"updates": result.get("rigl_updates"), "t_end": result.get("rigl_t_end")}}
+        return {
+            "rigl": {
+                "updates": result.get("rigl_updates"),
+                "t_end": result.get("rigl_t_end"),
+                "sgd_steps": result.get("rigl_sgd_steps"),
+            }
+        }
