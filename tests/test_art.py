@@ -274,7 +274,7 @@ def test_resume_mid_art_and_between_phases_is_identical(warm, tmp_path, monkeypa
     monkeypatch.setattr(hs_select, "CPU_CHUNK", 1024)
     monkeypatch.setattr(hs_select, "SAMPLE", 256)
     root, dense = warm
-    spec = _art_spec(root, kappa=0.95, max_art_epochs=3)
+    spec = _art_spec(root, kappa=0.95, max_art_epochs=3, finetune_epochs=2)
     straight = execute(spec, tmp_path / "straight", dense, progress=False)
     assert straight["art"]["epochs_used"] >= 2
 
@@ -287,14 +287,30 @@ def test_resume_mid_art_and_between_phases_is_identical(warm, tmp_path, monkeypa
     assert (run / "ckpt" / "last.pt").exists() and not (run / "metrics.json").exists()
     _same_run(tmp_path / "straight", run, straight, execute(spec, run, dense, progress=False))
 
-    # killed after ART finished, before fine-tuning started: the candidate file carries over
+    # killed after ART finished, before fine-tuning started: the checkpoint carries the
+    # candidate and the trace; nothing of it is in the run folder's declared outputs
     run = tmp_path / "between"
     with monkeypatch.context() as mp:
         _interrupt_at(mp, AdaptiveRegularizedTraining, "train_with_mask", 0)
         with pytest.raises(KeyboardInterrupt):
             execute(spec, run, dense, progress=False)
-    assert (run / "art_candidate.pt").exists() and (run / "art_trace.npz").exists()
+    assert (run / "ckpt" / "last.pt").exists()
+    assert not any((run / f).exists() for f in ("art_trace.npz", "art_trace.csv", "model.pt"))
     _same_run(tmp_path / "straight", run, straight, execute(spec, run, dense, progress=False))
+
+    # killed during fine-tuning, then the workflow deletes the job's declared outputs before
+    # rerunning it (Snakemake does that for an incomplete job): the run still finishes
+    from hypersparse.engine import Trainer
+
+    run = tmp_path / "finetune"
+    with monkeypatch.context() as mp:
+        _interrupt_at(mp, Trainer, "_train_epoch", straight["art"]["epochs_used"] + 1)
+        with pytest.raises(KeyboardInterrupt):
+            execute(spec, run, dense, progress=False)
+    for name in ("art_trace.csv", "art_trace.npz", "history.csv", "spec.json", "model.pt"):
+        (run / name).unlink(missing_ok=True)
+    again = execute(spec, run, dense, progress=False)
+    _same_run(tmp_path / "straight", run, straight, again)
 
 
 def test_failure_outputs_exist_after_divergence(warm, tmp_path):

@@ -14,9 +14,11 @@ Phases of one run folder:
 2. ``finetune``: the candidate's pruned weights with its mask fixed, fresh optimizer, the
    ``finetune`` schedule (160 epochs, [80, 120], 0.1).
 
-The candidate crosses the phase boundary as ``art_candidate.pt`` (written atomically when ART
-ends, removed when the run is finished); everything ART needs to resume mid-phase is in the
-hooks' state dict.
+Nothing a resumed run needs lives in the run folder's declared outputs (the workflow deletes
+those of an unfinished job before rerunning it): everything ART needs mid-phase is in the
+hooks' state dict; when ART ends, the candidate's pruned weights and the whole trace become
+the phase's result, which every later checkpoint carries (``Trainer.done``). The trace files
+are written once, when the run ends (or fails).
 """
 
 from __future__ import annotations
@@ -33,12 +35,11 @@ from torch import nn
 
 from .. import masks as M
 from ..engine import Hooks, Phase, Trainer
-from ..io import atomic_torch_save, load_state_dict_checked, safe_torch_load
+from ..io import load_state_dict_checked
 from ..regularizers import REGULARIZERS, HyperSparseGradient
 from . import art_trace as T
 from .base import Method, load_dense_weights, register
 
-CANDIDATE_FILE = "art_candidate.pt"
 log = logging.getLogger("hypersparse")
 
 
@@ -181,10 +182,10 @@ class ArtSelector:
 class ArtHooks(Hooks):
     """The ART phase: regularised loss, per-epoch pruned evaluation, selection, trace."""
 
-    def __init__(self, p: ArtParams, kappa: float, run_dir: Path) -> None:
+    def __init__(self, p: ArtParams, kappa: float, work_dir: Path) -> None:
         self.p = p
         self.kappa = kappa
-        self.run_dir = Path(run_dir)
+        self.work_dir = Path(work_dir)  # per-epoch top sets (under the run's ckpt/)
         self.selector = ArtSelector(p.window_half, p.select_against, p.stop_on)
         self.pruned: dict[int, dict[str, Any]] = {}  # epoch -> {"model", "masks"} (CPU)
         self.trace = T.ArtTrace()
@@ -234,7 +235,7 @@ class ArtHooks(Hooks):
         self.stopped = self.selector.should_stop(float(row["train_acc"]))
         self.last = {"epoch": epoch, "dense_train_acc": float(row["train_acc"])}
         self.trace.record(
-            self.run_dir,
+            self.work_dir,
             {
                 "epoch": epoch,
                 "art_epoch": epoch - self.p.warmup_epochs,
@@ -290,17 +291,18 @@ class ArtHooks(Hooks):
             )
         sel = summary["selected_epoch"]
         state = self.pruned[sel]
-        atomic_torch_save(
-            self.run_dir / CANDIDATE_FILE,
-            {"model": state["model"], "masks": state["masks"], "epoch": sel},
-        )
-        self.trace.set_iou(self.run_dir, T.flat_mask(state["masks"], self.trace.layer_names))
-        self.write_trace(summary["selected_epoch"], summary["terminated_epoch"])
-        return {"art": summary}
+        self.trace.set_iou(self.work_dir, T.flat_mask(state["masks"], self.trace.layer_names))
+        return {
+            "art": summary,
+            # carried by every later checkpoint: what fine-tuning and the trace files need
+            "candidate": {"model": state["model"], "masks": state["masks"], "epoch": sel},
+            "trace": self.trace_result(sel, summary["terminated_epoch"]),
+        }
 
-    def write_trace(self, selected: int | None, terminated: int | None) -> None:
-        """art_trace.csv / .npz from what is recorded so far."""
-        self.trace.write(self.run_dir, self.trace.arrays(self.kappa, selected, terminated))
+    def trace_result(self, selected: int | None, terminated: int | None) -> dict[str, Any]:
+        """The trace so far as checkpointable data: CSV rows and the npz arrays as tensors."""
+        arrays = self.trace.arrays(self.kappa, selected, terminated)
+        return {"rows": [dict(r) for r in self.trace.rows], "arrays": T.arrays_to_state(arrays)}
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -341,7 +343,7 @@ class AdaptiveRegularizedTraining(Method):
     def run(self, trainer: Trainer, dense_dir: Path | None) -> dict[str, Any]:
         assert dense_dir is not None
         p, run_dir = self.p, trainer.run_dir
-        hooks = ArtHooks(p, self.spec.kappa, run_dir)
+        hooks = ArtHooks(p, self.spec.kappa, trainer.ckpt_dir / T.WORK_DIR)
         self._hooks = hooks
         snap_path = dense_dir / f"snapshot_e{p.warmup_epochs}.pt"
 
@@ -356,29 +358,33 @@ class AdaptiveRegularizedTraining(Method):
 
         phase = Phase("art", p.max_art_epochs, self.spec.optim.lr, start_epoch=p.warmup_epochs)
         result = trainer.fit(phase, hooks, on_start=start)
+        self._art_result = result
         art = dict(result["art"])
 
         def candidate_masks(t: Trainer) -> M.Masks:
-            cand = safe_torch_load(run_dir / CANDIDATE_FILE, map_location=t.device)
-            load_state_dict_checked(t.model, cand["model"], str(run_dir / CANDIDATE_FILE))
-            return cand["masks"]
+            cand = result["candidate"]
+            load_state_dict_checked(t.model, cand["model"], "the ART candidate")
+            return M.masks_to(cand["masks"], t.device)
 
         self.train_with_mask(trainer, candidate_masks)
-        T.update_final_magnitudes(run_dir, trainer.model)
-        (run_dir / CANDIDATE_FILE).unlink(missing_ok=True)
-        T.remove_work_dir(run_dir)
+        trace = result["trace"]
+        arrays = T.arrays_from_state(trace["arrays"])
+        arrays["magnitudes_final"] = T.magnitudes_at(M.prunable_weights(trainer.model))
+        T.write_trace_files(run_dir, trace["rows"], arrays)
         return {"art": art}
 
     def write_failure_outputs(self, run_dir: Path) -> None:
         """Trace files with the epochs recorded before the failure (possibly none)."""
         run_dir = Path(run_dir)
         hooks = self._hooks
-        if (run_dir / "art_trace.csv").exists() and (run_dir / "art_trace.npz").exists():
-            pass  # ART finished; fine-tuning failed: the trace is complete but magnitudes_final
+        done = getattr(self, "_art_result", None)
+        if done is not None:  # ART finished, fine-tuning failed: the trace is complete
+            trace = done["trace"]
+            T.write_trace_files(run_dir, trace["rows"], T.arrays_from_state(trace["arrays"]))
         elif hooks is None:
             T.write_trace_files(run_dir, [], T.ArtTrace().arrays(self.spec.kappa, None, None))
         else:
             cand = hooks.selector.candidate
-            hooks.write_trace(None if cand is None else int(cand["epoch"]), hooks.last.get("epoch"))
-        (run_dir / CANDIDATE_FILE).unlink(missing_ok=True)  # the run is over: drop resume files
-        T.remove_work_dir(run_dir)
+            trace = hooks.trace_result(
+                None if cand is None else int(cand["epoch"]), hooks.last.get("epoch"))
+            T.write_trace_files(run_dir, trace["rows"], T.arrays_from_state(trace["arrays"]))

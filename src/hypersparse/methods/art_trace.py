@@ -5,14 +5,13 @@ contract, README "Run folders"). It feeds the paper's figures: the HyperSparse g
 the weight's rank, the sorted magnitudes, and exploration -> exploitation of the top set.
 
 Per epoch the cost is one sort of |w| (not per step), one closed-form HyperSparse gradient and
-one packed bit set of the top weights written to ``art_work/`` (for IoU with the final mask,
-which is only known when ART ends); ``art_work/`` is removed when the run ends.
+one packed bit set of the top weights written to ``ckpt/art_work/`` (for IoU with the final
+mask, which is only known when ART ends); it goes with ``ckpt/`` when the run ends.
 """
 
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +97,7 @@ class ArtTrace:
     @torch.no_grad()
     def record(
         self,
-        run_dir: Path,
+        work_dir: Path,
         row: dict[str, Any],
         model: nn.Module,
         masks: M.Masks,
@@ -129,14 +128,14 @@ class ArtTrace:
             left = int((prev & ~top).sum())
         packed = pack(top)
         self.prev_top = packed
-        atomic_torch_save(Path(run_dir) / WORK_DIR / f"topset_e{int(row['epoch'])}.pt", packed)
+        atomic_torch_save(Path(work_dir) / f"topset_e{int(row['epoch'])}.pt", packed)
         self.rows.append({**row, "entered": entered, "left": left, "iou_final": math.nan})
 
-    def set_iou(self, run_dir: Path, final_mask: torch.Tensor) -> None:
-        """IoU of every epoch's top set with the final (fine-tuning) mask."""
+    def set_iou(self, work_dir: Path, final_mask: torch.Tensor) -> None:
+        """IoU of every epoch's top set (saved in ``work_dir``) with the final mask."""
         final = final_mask.reshape(-1).to("cpu", torch.bool)
         for r in self.rows:
-            path = Path(run_dir) / WORK_DIR / f"topset_e{int(r['epoch'])}.pt"
+            path = Path(work_dir) / f"topset_e{int(r['epoch'])}.pt"
             if not path.is_file():
                 continue
             top = unpack(safe_torch_load(path), self.n)
@@ -210,9 +209,18 @@ class ArtTrace:
             "terminated_epoch": np.array(-1 if terminated_epoch is None else int(terminated_epoch)),
         }
 
-    def write(self, run_dir: Path, arrays: dict[str, np.ndarray]) -> None:
-        """Write art_trace.csv and art_trace.npz atomically."""
-        write_trace_files(run_dir, self.rows, arrays)
+
+
+def arrays_to_state(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """npz arrays as checkpointable values (tensors; string arrays as lists of str)."""
+    return {k: (v.tolist() if v.dtype.kind == "U" else torch.from_numpy(np.array(v)))
+            for k, v in arrays.items()}
+
+
+def arrays_from_state(state: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Inverse of :func:`arrays_to_state`."""
+    return {k: (np.array(v, dtype=np.str_) if isinstance(v, list) else v.numpy())
+            for k, v in state.items()}
 
 
 def _fmt(v: Any) -> str:
@@ -235,20 +243,3 @@ def write_trace_files(run_dir: Path, rows: list[dict[str, Any]], arrays: dict[st
     atomic_write(run_dir / "art_trace.npz", save)
 
 
-def update_final_magnitudes(run_dir: Path, model: nn.Module) -> None:
-    """After fine-tuning: rewrite art_trace.npz with magnitudes_final (all weights, zeros too)."""
-    path = Path(run_dir) / "art_trace.npz"
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    arrays["magnitudes_final"] = magnitudes_at(M.prunable_weights(model))
-
-    def save(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-
-    atomic_write(path, save)
-
-
-def remove_work_dir(run_dir: Path) -> None:
-    """Delete the per-epoch top sets once the trace is final."""
-    shutil.rmtree(Path(run_dir) / WORK_DIR, ignore_errors=True)
