@@ -104,14 +104,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     from .methods import load_plugins
-    from .runner import DenseFiles, check_dense_source, execute
+    from .runner import DenseFiles, execute
 
     load_plugins(args.plugin)
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = _spec_from_args(args)
     dense = DenseFiles(args.dense_dir, args.init) if (args.dense_dir or args.init) else None
-    check_dense_source(spec, dense)
     metrics = execute(
         spec, args.out, dense, record_failure=args.record_failure, compile_mode=args.compile
     )

@@ -1,15 +1,22 @@
 """Run one spec into one run folder: train (or resume), then write model.pt and metrics.json.
 
-metrics.json is written last and atomically; its presence with status "ok" marks a finished
-run, which is never retrained. Sparsity is counted from the saved model.pt, not from memory.
+metrics.json is written last and atomically; its presence with status "ok" (or "failed")
+marks a finished run, which is never retrained. Sparsity is counted from the saved model.pt,
+not from memory. A finished run's files are also hard-linked into ``.final/`` (no extra disk
+space): if a workflow deletes them to rerun the job (Snakemake does so for a job it considers
+incomplete or out of date), the rerun restores them instead of training again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +62,20 @@ class DenseFiles:
         return self.folder / name
 
 
+def read_spec_file(path: Path) -> dict[str, Any]:
+    """spec.json of an unfinished run; a garbled one is a UserError naming the fix."""
+    try:
+        obj = json.loads(Path(path).read_text())
+        if not isinstance(obj, dict):
+            raise ValueError("not a JSON object")
+        return obj
+    except (OSError, ValueError) as exc:
+        raise SpecMismatchError(
+            f"{path} (the spec of an unfinished run) is unreadable ({exc}); delete "
+            f"{Path(path).parent} to start that run over"
+        ) from None
+
+
 def check_dense_source(spec: RunSpec, dense: DenseFiles | None) -> None:
     """Before any output is written: the method's dense inputs exist and fit the model."""
     from .data import dataset_info
@@ -70,6 +91,14 @@ def check_dense_source(spec: RunSpec, dense: DenseFiles | None) -> None:
             f"method {spec.family} starts from a dense run ({', '.join(needed)}): "
             "pass --dense-dir (or --init for model.pt)"
         )
+    if dense.folder is not None:
+        done = _finished_metrics(dense.folder / "metrics.json")
+        if done is not None and done.get("status") == "failed":
+            raise CheckpointError(
+                f"the dense run {dense.folder} failed ({done.get('error', 'no detail')}); "
+                f"{spec.family} cannot start from it: fix its settings, delete {dense.folder} "
+                "and train it again"
+            )
     info = dataset_info(spec.dataset, image_size=spec.image_size, root=spec.data_root)
     model = build_model(spec.model, info.num_classes, in_channels=info.in_channels, width=spec.width)
     for name in needed:
@@ -93,15 +122,78 @@ def run_identity(spec: RunSpec) -> dict[str, Any]:
     }
 
 
+FINAL_DIR = ".final"  # hard links of a finished run's files
+
+
+def _finished_metrics(path: Path) -> dict[str, Any] | None:
+    """The metrics of a finished run from ``path`` (metrics.json), else None."""
+    if not path.is_file():
+        return None
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) and m.get("status") in ("ok", "failed") else None
+
+
 def finished(run_dir: Path) -> bool:
     """True when the run folder holds a finished run (metrics.json with a status)."""
-    path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
-        return False
+    return _finished_metrics(Path(run_dir) / "metrics.json") is not None
+
+
+def seal(run_dir: Path) -> None:
+    """Hard-link every file of a finished run into ``run_dir/.final`` (see module docstring).
+
+    Where the file system has no hard links the run is left unsealed, with a warning.
+    """
+    run_dir = Path(run_dir)
+    tmp, final = run_dir / f"{FINAL_DIR}.tmp", run_dir / FINAL_DIR
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
     try:
-        return json.loads(path.read_text()).get("status") in ("ok", "failed")
-    except (OSError, ValueError):
-        return False
+        for f in sorted(run_dir.iterdir()):
+            if f.is_file() and not f.name.startswith("."):
+                os.link(f, tmp / f.name)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.warning("cannot hard-link %s's files into %s (%s): a workflow rerun of this job "
+                    "could not restore them", run_dir, FINAL_DIR, exc)
+        return
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
+def restore_sealed(run_dir: Path) -> list[str]:
+    """Bring back the files of a sealed finished run that were deleted; returns their names."""
+    run_dir = Path(run_dir)
+    final = run_dir / FINAL_DIR
+    if _finished_metrics(final / "metrics.json") is None:
+        return []
+    restored = []
+    for f in sorted(final.iterdir()):
+        target = run_dir / f.name
+        if f.is_file() and not target.exists():
+            os.link(f, target)
+            restored.append(f.name)
+    if restored:
+        log.warning(
+            "%s is a finished run whose files were deleted (%s), e.g. by a workflow rerunning "
+            "the job: restored them from %s/ instead of training again. To retrain, delete %s.",
+            run_dir, ", ".join(restored), FINAL_DIR, run_dir,
+        )
+    return restored
+
+
+def spec_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Top-level spec keys in which two run specs differ (params.<name> for method params)."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if k == "params" and isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            pa, pb = a[k], b[k]
+            out += [f"params.{n}" for n in sorted(set(pa) | set(pb)) if pa.get(n) != pb.get(n)]
+        elif a.get(k) != b.get(k):
+            out.append(k)
+    return out
 
 
 def execute(
@@ -125,17 +217,85 @@ def execute(
         dense_dir = DenseFiles(dense_dir)
     method_cls = get_method(spec.family)
     params = build_params(spec.family, spec.params, f"methods.{spec.method}")
+    if finished(run_dir):  # read-only answer, no lock needed
+        return _finished_result(run_dir, spec)
+    with run_folder_lock(run_dir):
+        return _execute(spec, run_dir, dense_dir, method_cls, params, record_failure, progress,
+                        compile_mode)
+
+
+class RunFolderBusyError(UserError, RuntimeError):
+    """Another process is training into the same run folder."""
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``run_dir/.lock`` (two writers would corrupt the run)."""
+    import fcntl
+
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(
+            f"cannot create the run folder {run_dir}: a file is in the way of that path; "
+            "choose another --out or results_dir"
+        ) from None
+    path = run_dir / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            raise RunFolderBusyError(
+                f"{run_dir} is being trained by another process ({holder}); wait for it to "
+                "finish, or use another --out / results_dir"
+            ) from None
+        except OSError:
+            pass  # no flock on this file system: go on unlocked
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+        if created and [p.name for p in run_dir.iterdir()] == [".lock"]:
+            shutil.rmtree(run_dir, ignore_errors=True)  # refused before writing anything
+        elif finished(run_dir):
+            path.unlink(missing_ok=True)
+
+
+def _finished_result(run_dir: Path, spec: RunSpec) -> dict[str, Any]:
+    """The metrics of the finished run in ``run_dir``; refused if it has another spec."""
+    done = _finished_metrics(run_dir / "metrics.json")
+    assert done is not None
+    old = done.get("spec")
+    if isinstance(old, dict) and old != spec.to_dict():
+        raise SpecMismatchError(
+            f"{run_dir} holds a finished run of a different spec (differs in: "
+            f"{', '.join(spec_differences(old, spec.to_dict()))}). Finished runs are never "
+            f"retrained: delete {run_dir} to retrain it with these settings, or use another "
+            "results_dir / --out."
+        )
+    log.info("%s is finished already; nothing to do", run_dir)
+    return done
+
+
+def _execute(spec: RunSpec, run_dir: Path, dense_dir: DenseFiles | None, method_cls: Any,
+             params: Any, record_failure: bool, progress: bool | None,
+             compile_mode: str | None) -> dict[str, Any]:
+    restore_sealed(run_dir)
     if finished(run_dir):
-        log.info("%s is finished already; nothing to do", run_dir)
-        return json.loads((run_dir / "metrics.json").read_text())
+        return _finished_result(run_dir, spec)
+    check_dense_source(spec, dense_dir)
     spec_path = run_dir / "spec.json"
     if spec_path.exists():
-        old = json.loads(spec_path.read_text())
+        old = read_spec_file(spec_path)
         if old != spec.to_dict():
-            diff = sorted(k for k in set(old) | set(spec.to_dict()) if old.get(k) != spec.to_dict().get(k))
             raise SpecMismatchError(
                 f"{run_dir} holds an unfinished run of a different spec (differs in: "
-                f"{', '.join(diff)}). Delete {run_dir} to start over, or use another results_dir."
+                f"{', '.join(spec_differences(old, spec.to_dict()))}). Delete {run_dir} to start "
+                "over, or use another results_dir."
             )
     for folder in (run_dir, run_dir / "ckpt"):  # leftovers of a writer killed mid-write
         for tmp in remove_stale_temp_files(folder):
@@ -158,15 +318,17 @@ def execute(
             trainer.write_history()
         method.write_failure_outputs(run_dir)
         metrics = {**run_identity(spec), "status": "failed", "error": str(exc), "spec": spec.to_dict()}
-        atomic_write_json(run_dir / "metrics.json", metrics)
         shutil.rmtree(trainer.ckpt_dir, ignore_errors=True)
+        atomic_write_json(run_dir / "metrics.json", metrics)
+        seal(run_dir)
         return metrics
     model_path = run_dir / "model.pt"
     atomic_torch_save(model_path, {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()})
     saved = safe_torch_load(model_path)
     metrics = _metrics(spec, method_cls, trainer, saved, extra, time.perf_counter() - t0)
-    atomic_write_json(run_dir / "metrics.json", metrics)
     shutil.rmtree(trainer.ckpt_dir, ignore_errors=True)
+    atomic_write_json(run_dir / "metrics.json", metrics)  # last: marks the run finished
+    seal(run_dir)
     return metrics
 
 

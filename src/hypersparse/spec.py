@@ -6,12 +6,35 @@ A run folder is a pure function of its spec; ``RunSpec.to_dict()`` is saved as s
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 # torch.compile modes a run may train with: an execution option (config `compile`, CLI
 # --compile), recorded in metrics.json but not part of the spec
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+def _number(where: str, value: Any, *, low: float | None = None, high: float | None = None,
+            low_open: bool = False, high_open: bool = False) -> None:
+    """A finite real number within the bounds, else ValueError naming ``where``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{where} must be a finite number, got {value!r}")
+    if low is not None and high is not None:
+        if (value <= low if low_open else value < low) or (value >= high if high_open else
+                                                           value > high):
+            span = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+            raise ValueError(f"{where} must be in {span}, got {value!r}")
+        return
+    if low is not None and (value <= low if low_open else value < low):
+        raise ValueError(f"{where} must be {'>' if low_open else '>='} {low}, got {value!r}")
+    if high is not None and (value >= high if high_open else value > high):
+        raise ValueError(f"{where} must be {'<' if high_open else '<='} {high}, got {value!r}")
+
+
+def _integer(where: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{where} must be an integer >= {low}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -24,6 +47,13 @@ class OptimSpec:
     batch_size: int = 64
     eval_batch_size: int = 1024
 
+    def __post_init__(self) -> None:
+        _number("optim.lr", self.lr, low=0, low_open=True)
+        _number("optim.momentum", self.momentum, low=0, high=1, high_open=True)
+        _number("optim.weight_decay", self.weight_decay, low=0)
+        _integer("optim.batch_size", self.batch_size, 1)
+        _integer("optim.eval_batch_size", self.eval_batch_size, 1)
+
 
 @dataclass(frozen=True)
 class ScheduleSpec:
@@ -32,6 +62,19 @@ class ScheduleSpec:
     epochs: int = 160
     milestones: tuple[int, ...] = (80, 120)
     gamma: float = 0.1
+
+    def check(self, where: str) -> None:
+        """ValueError naming ``where`` unless epochs >= 1 and every milestone takes effect."""
+        _integer(f"{where}.epochs", self.epochs, 1)
+        for m in self.milestones:
+            _integer(f"{where}.milestones", m, 1)
+            if m >= self.epochs:
+                raise ValueError(
+                    f"{where}.milestones {list(self.milestones)}: {m} is not below "
+                    f"{where}.epochs = {self.epochs}, so that lr step never happens; use "
+                    f"milestones below {self.epochs}"
+                )
+        _number(f"{where}.gamma", self.gamma, low=0, high=1, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -56,10 +99,20 @@ class RunSpec:
     params: dict[str, Any] = field(default_factory=dict)  # the method's own hyper-parameters
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.kappa < 1.0:
-            raise ValueError(f"kappa must be in [0, 1), got {self.kappa}")
+        for name in ("dataset", "model", "method", "family", "data_root", "device"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+        _number("kappa", self.kappa, low=0, high=1, high_open=True)
+        _integer("seed", self.seed, 0)
+        _number("width", self.width, low=0, low_open=True)
+        if self.image_size is not None:
+            _integer("image_size", self.image_size, 1)
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if not isinstance(self.params, dict):
+            raise ValueError(f"params must be a mapping, got {self.params!r}")
+        self.dense.check("dense")
+        self.finetune.check("finetune")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""
@@ -79,18 +132,27 @@ class RunSpec:
             if key in d:
                 d[key] = _build(ScheduleSpec, d[key], key)
         if "snapshot_epochs" in d:
-            d["snapshot_epochs"] = tuple(int(e) for e in d["snapshot_epochs"])
+            d["snapshot_epochs"] = _int_tuple(d["snapshot_epochs"], "snapshot_epochs")
         return cls(**d)
 
 
-def _build(cls: type, d: dict[str, Any], where: str) -> Any:
+def _int_tuple(values: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(values, (list, tuple)) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{where} must be a list of integers, got {values!r}")
+    return tuple(values)
+
+
+def _build(cls: type, d: Any, where: str) -> Any:
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} must be a mapping, got {d!r}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
         raise ValueError(f"unknown keys in {where}: {', '.join(unknown)}")
     d = dict(d)
     if "milestones" in d:
-        d["milestones"] = tuple(int(m) for m in d["milestones"])
+        d["milestones"] = _int_tuple(d["milestones"], f"{where}.milestones")
     return cls(**d)
 
 

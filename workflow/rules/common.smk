@@ -6,7 +6,9 @@ from pathlib import Path
 import yaml
 
 from hypersparse import config as hsconfig
+from hypersparse import preflight
 from hypersparse.data import prepared_dir
+from hypersparse.runner import FINAL_DIR, finished
 
 # config/config.yaml is the default; --configfile replaces it whole (no merging of method
 # lists), --config overrides top-level keys of whichever file is used.
@@ -40,6 +42,31 @@ wildcard_constraints:
     model=r"resnet[0-9]+|vgg[0-9]+",
     kappa=r"[0-9.]+",
     seed=r"[0-9]+",
+
+
+TRAIN_RULES = ("dense", "sparse", "art")
+_FINISHED = {}
+
+
+def is_finished(run_dir):
+    """A finished run folder (metrics.json, or its sealed copy in .final/)."""
+    if run_dir not in _FINISHED:
+        _FINISHED[run_dir] = finished(run_dir) or finished(f"{run_dir}/{FINAL_DIR}")
+    return _FINISHED[run_dir]
+
+
+def wc_run_dir(wc, method=None, kappa=None):
+    """The run folder of a training job's wildcards."""
+    return hsconfig.run_dir(
+        CFG, wc.dataset, wc.model, method or wc.method, wc.kappa if kappa is None else kappa, wc.seed
+    )
+
+
+def train_data(wc):
+    """The data cache a training job reads; none for a finished run, which never reruns
+    because an input changed (a finished run is never retrained)."""
+    run = wc_run_dir(wc, "dense", 0.0) if "method" not in wc.keys() else wc_run_dir(wc)
+    return [] if is_finished(run) else data_files(wc.dataset)
 
 
 def data_files(dataset):
@@ -82,8 +109,44 @@ def train_resources():
 
 
 def dense_inputs(wc):
+    """The dense run's files a method starts from (none for a finished run)."""
+    if is_finished(wc_run_dir(wc)):
+        return []
     dense = hsconfig.run_dir(CFG, wc.dataset, wc.model, "dense", 0.0, wc.seed)
     return [f"{dense}/{name}" for name in hsconfig.dense_inputs(CFG, wc.method)]
+
+
+def planned_runs():
+    """The training jobs this invocation is about to run, for the preflight checks."""
+    runs = []
+    for job in workflow.dag.needrun_jobs():
+        if job.rule.name not in TRAIN_RULES:
+            continue
+        runs.append(
+            preflight.PlannedRun(
+                run_dir=Path(job.output.metrics).parent,
+                spec=json.loads(job.params.spec),
+                data=[Path(p) for p in job.input.get("data", [])],
+                dense=[Path(p) for p in job.input.get("dense", [])],
+                outputs=[Path(p) for p in job.output],
+            )
+        )
+    return runs
+
+
+def preflight_checks():
+    """Before any job starts (and so before Snakemake deletes any output): lock results_dir,
+    then check the run folders and existing inputs of the training jobs to run."""
+    try:
+        preflight.lock_results_dir(RES)
+        problems = preflight.check_planned_runs(planned_runs())
+    except preflight.PreflightError as exc:
+        raise WorkflowError(str(exc)) from None
+    if problems:
+        shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])
+        raise WorkflowError(
+            "the workflow did not start; nothing was run or deleted:\n  " + "\n  ".join(shown)
+        )
 
 
 def dense_flag(wc, input):

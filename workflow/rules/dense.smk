@@ -3,7 +3,7 @@
 
 rule dense:
     input:
-        lambda wc: data_files(wc.dataset),
+        data=train_data,
     output:
         **{f.split(".")[0]: f"{RUNS}/{{dataset}}/{{model}}/dense/k0/seed{{seed}}/{f}" for f in RUN_FILES},
         snapshots=[f"{RUNS}/{{dataset}}/{{model}}/dense/k0/seed{{seed}}/snapshot_e{e}.pt" for e in SNAPSHOTS],

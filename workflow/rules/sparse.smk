@@ -4,7 +4,7 @@
 
 rule sparse:
     input:
-        data=lambda wc: data_files(wc.dataset),
+        data=train_data,
         dense=dense_inputs,
     output:
         **{f.split(".")[0]: f"{RUN}/{f}" for f in RUN_FILES},
@@ -31,7 +31,7 @@ rule sparse:
 
 rule art:
     input:
-        data=lambda wc: data_files(wc.dataset),
+        data=train_data,
         dense=dense_inputs,
     output:
         **{f.split(".")[0]: f"{RUN}/{f}" for f in RUN_FILES},

@@ -54,7 +54,11 @@ def find_run_dirs(runs_root: Path) -> list[Path]:
             f"runs folder {runs_root} does not exist; train some runs first "
             "(results/runs/{dataset}/{model}/{method}/k{kappa}/seed{seed}/)"
         )
-    return sorted(p.parent for p in runs_root.rglob("metrics.json") if p.is_file())
+    return sorted(
+        p.parent
+        for p in runs_root.rglob("metrics.json")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(runs_root).parts)
+    )
 
 
 def parse_run_path(run_dir: Path, runs_root: Path | None = None) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import socket
 from collections.abc import Iterator
@@ -185,11 +186,20 @@ def read_meta(prepared: Path, name: str, root: str | Path) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise DataError(f"{path} is unreadable ({e}); {prepare_hint(name, root)}") from e
+    if not isinstance(meta, dict):
+        raise DataError(f"{path} holds no JSON object; {prepare_hint(name, root)}")
     if meta.get("format") != CACHE_FORMAT or meta.get("name") != name:
         raise DataError(
             f"{path} belongs to another cache format/data set "
             f"(format {meta.get('format')!r}, name {meta.get('name')!r}); "
             f"{prepare_hint(name, root)}"
+        )
+    std = meta.get("std")
+    if not (isinstance(std, list) and std and all(
+            isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in std)):
+        raise DataError(
+            f"{path} has per-channel std {std!r}: every std must be a finite number > 0 "
+            f"(normalisation divides by it); delete {prepared} and {prepare_hint(name, root)}"
         )
     return meta
 
@@ -226,6 +236,11 @@ def read_split(prepared: Path, name: str, root: str | Path, split: str) -> Image
         raise DataError(
             f"{path} has {path.stat().st_size} bytes, meta.json says {rec.get('bytes')} "
             f"(partial or corrupt cache); delete {prepared} and {hint}"
+        )
+    if sha256_file(path) != rec.get("sha256"):
+        raise DataError(
+            f"{path} does not match its SHA-256 in meta.json (changed or corrupt cache); "
+            f"delete {prepared} and {hint}"
         )
     try:
         with np.load(path, allow_pickle=False) as z:
