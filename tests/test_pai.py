@@ -170,7 +170,7 @@ def test_synflow_round_counts_follow_the_reference_rounding(n: int, kappa: float
         sparse = (1.0 - kappa) ** (k / T)  # prune_loop's exponential schedule
         assert keeps[k - 1] == n - int((1.0 - sparse) * n)  # _global_mask's k
     assert keeps[-1] == n - target_zeros(kappa, n)
-    assert all(a >= b for a, b in zip(keeps, keeps[1:]))
+    assert all(a >= b for a, b in zip(keeps, keeps[1:], strict=False))
 
 
 def test_smart_ratio_densities_follow_the_formula() -> None:

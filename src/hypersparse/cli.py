@@ -16,6 +16,17 @@ from .spec import COMPILE_MODES
 log = logging.getLogger("hypersparse")
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _add_spec_args(p: argparse.ArgumentParser, method_default: str | None) -> None:
     p.add_argument("--spec-json", help="the full run spec as JSON (what the workflow passes)")
     p.add_argument("--dataset", help="digits | cifar10 | cifar100 | tinyimagenet")
@@ -28,8 +39,9 @@ def _add_spec_args(p: argparse.ArgumentParser, method_default: str | None) -> No
     p.add_argument("--image-size", type=int, default=None, help="digits only (px)")
     p.add_argument("--data-root", default="results/data")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--epochs", type=int, help="dense schedule length (dense) ")
-    p.add_argument("--finetune-epochs", type=int, help="sparse/fine-tune schedule length")
+    p.add_argument("--epochs", type=_positive_int, help="dense schedule length (epochs)")
+    p.add_argument("--finetune-epochs", type=_positive_int,
+                   help="sparse/fine-tune schedule length (epochs)")
     p.add_argument(
         "--set",
         action="append",
@@ -42,7 +54,7 @@ def _add_spec_args(p: argparse.ArgumentParser, method_default: str | None) -> No
     p.add_argument(
         "--init", type=Path, help="dense checkpoint (model.pt) to start from, instead of --dense-dir"
     )
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads")
     p.add_argument(
         "--compile",
         choices=COMPILE_MODES,
@@ -69,7 +81,13 @@ def _spec_from_args(args: argparse.Namespace) -> Any:
     from .spec import RunSpec
 
     if args.spec_json:
-        return RunSpec.from_dict(json.loads(args.spec_json))
+        try:
+            d = json.loads(args.spec_json)
+        except ValueError as exc:
+            raise ValueError(f"--spec-json is not valid JSON: {exc}") from None
+        if not isinstance(d, dict):
+            raise ValueError("--spec-json must be a JSON object of run-spec keys")
+        return RunSpec.from_dict(d)
     if not (args.dataset and args.model and args.method):
         raise ValueError("give --spec-json, or --dataset, --model and --method")
     params = {}
@@ -304,9 +322,31 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"hypersparse: error: {exc}", file=sys.stderr)
         return 3 if type(exc).__name__ == "DivergenceError" else 2
-    except (ValueError, KeyError, FileNotFoundError, ImportError) as exc:
+    except (ValueError, KeyError, FileNotFoundError, ImportError, TypeError) as exc:
         print(f"hypersparse: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"hypersparse: error: {_os_error_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def _os_error_line(exc: OSError) -> str:
+    """One line for a file-system error: what failed, where, and what to do."""
+    import errno
+
+    where = f" {exc.filename}" if exc.filename else ""
+    hints = {
+        errno.ENOSPC: "free disk space or choose another --out / results_dir",
+        errno.EFBIG: "the file size limit is reached: free space or raise the limit",
+        errno.EDQUOT: "the disk quota is reached: free space or choose another --out",
+        errno.EROFS: "that file system is read-only: choose another --out / results_dir",
+        errno.EACCES: "no permission there: choose another --out / results_dir",
+        errno.EPERM: "no permission there: choose another --out / results_dir",
+        errno.ENOTDIR: "a file is in the way of that path: choose another --out",
+        errno.EEXIST: "a file is in the way of that path: choose another --out",
+    }
+    hint = hints.get(exc.errno or -1, "check the path and the disk")
+    return f"cannot write or read{where}: {exc.strerror or exc}; {hint}"
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ and by ``hypersparse validate-config``. Errors name the offending key and the fi
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 from pathlib import Path
@@ -59,6 +60,58 @@ def _fill_defaults(instance: Any, schema: dict[str, Any], root: dict[str, Any]) 
             _fill_defaults(instance[name], sub, root)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping with the same key twice (the last would win)."""
+
+
+def _no_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(
+                f"duplicate key {key!r} at line {key_node.start_mark.line + 1} (first at line "
+                f"{seen[key].start_mark.line + 1}) of {key_node.start_mark.name}: the last one "
+                "would silently win; keep one"
+            )
+        seen[key] = key_node
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a dict; syntax errors and duplicate keys are ConfigErrors."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.load(fh, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def _non_finite(obj: Any, path: str = "") -> list[str]:
+    """Keys whose value is a NaN or infinite number (JSON schema bounds let NaN through)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return [path or "(top level)"]
+    if isinstance(obj, dict):
+        return [k for key, v in obj.items() for k in _non_finite(v, f"{path}.{key}" if path
+                                                                   else str(key))]
+    if isinstance(obj, list):
+        return [k for i, v in enumerate(obj) for k in _non_finite(v, f"{path}[{i}]")]
+    return []
+
+
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Validate against the schema, fill defaults, run semantic checks; returns a new dict.
 
@@ -72,6 +125,10 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     switch = {"true": True, "on": True, "false": False, "off": False}
     if isinstance(cfg.get("compile"), str) and cfg["compile"].lower() in switch:
         cfg["compile"] = switch[cfg["compile"].lower()]
+    bad = _non_finite(cfg)
+    if bad:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(
+            f"config key {k}: NaN or infinite number; give a finite value" for k in bad))
     _fill_defaults(cfg, schema, schema)
     validator = jsonschema.Draft202012Validator(schema)
     problems = []
@@ -106,24 +163,52 @@ def _semantic_problems(cfg: dict[str, Any]) -> list[str]:
     except ImportError as exc:
         problems.append(f"config key plugins: cannot import {exc.name!r} ({exc})")
         return problems
+    except UserError as exc:
+        problems.append(f"config key plugins: {exc}")
+        return problems
     for label, entry in cfg["methods"].items():
         if not re.fullmatch(r"[a-z0-9_]+", label):
             problems.append(f"config key methods.{label}: labels use a-z, 0-9 and _ only")
         family, params = method_entry(label, entry)
         try:
-            build_params(family, params, f"methods.{label}")
+            built = build_params(family, params, f"methods.{label}")
         except ParamError as exc:
             msg = str(exc)
             if not msg.startswith(f"methods.{label}"):
                 msg = f"methods.{label}: {msg}"
             problems.append(f"config key {msg}")
-    return problems
+            continue
+        from .methods import get_method
+
+        problems += [f"config key methods.{label}: {p}" for p in get_method(family).config_problems(
+            built, cfg["dense"], cfg["finetune"])]
+    if problems:
+        return problems
+    # every run spec of the grid builds (schedules whose milestones take effect, ...)
+    from .spec import RunSpec
+
+    for label in ["dense", *cfg["methods"]]:
+        kappas = [0.0] if label == "dense" else method_kappas(cfg, label)
+        try:
+            RunSpec.from_dict(run_spec(cfg, cfg["datasets"][0], cfg["models"][0], label,
+                                       kappas[0], cfg["seeds"][0]))
+        except ValueError as exc:
+            problems.append(f"config key {'' if label == 'dense' else f'methods.{label} / '}"
+                            f"{exc}")
+    grid = {float(k) for label in cfg["methods"] for k in method_kappas(cfg, label)}
+    for key in ("kappa", "hs_kappa"):
+        value = cfg["figures"].get(key)
+        if value is not None and float(value) not in grid:
+            problems.append(
+                f"config key figures.{key}: {value} is not a kappa of the grid "
+                f"({', '.join(str(k) for k in sorted(grid))}); pick one of them or null"
+            )
+    return list(dict.fromkeys(problems))
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Read a YAML config, apply top-level overrides, validate."""
-    with open(path, encoding="utf-8") as fh:
-        cfg = yaml.safe_load(fh) or {}
+    """Read a YAML config (strictly: no duplicate keys), apply top-level overrides, validate."""
+    cfg = read_yaml(path)
     cfg.update(overrides or {})
     return validate_config(cfg)
 

@@ -46,6 +46,10 @@ HISTORY_COLUMNS = (
 )
 
 
+CHECKPOINT_KEYS = ("spec", "phase", "phase_epoch", "epoch", "model", "optimizer", "scheduler",
+                   "hooks", "rng", "done", "history")
+
+
 class DivergenceError(UserError, RuntimeError):
     """Training produced a non-finite loss."""
 
@@ -54,11 +58,34 @@ class CompileUnavailableError(UserError, RuntimeError):
     """``compile`` was asked for where TorchInductor cannot build kernels."""
 
 
+class DeviceUnavailableError(UserError, RuntimeError):
+    """The run asks for a device this machine does not have."""
+
+
 def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when present, else CPU."""
+    """'auto' picks CUDA when present, else CPU; a CUDA device that is not there is refused."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceUnavailableError(
+            f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceUnavailableError(
+                f"device {name!r} asked for, but no CUDA GPU is visible here; use --device cpu "
+                "or auto (config: device)"
+            )
+        if device.index is not None and device.index >= count:
+            raise DeviceUnavailableError(
+                f"device {name!r} asked for, but only {count} CUDA device(s) are visible "
+                f"(cuda:0..cuda:{count - 1})"
+            )
+    elif device.type != "cpu":
+        raise DeviceUnavailableError(f"device {name!r} is not supported: use auto, cpu or cuda")
+    return device
 
 
 @dataclass
@@ -217,9 +244,16 @@ class Trainer:
         self.step = 0  # optimizer steps in the current phase
         self.history: list[dict[str, Any]] = []
         self.done: dict[str, dict[str, Any]] = {}
+        self._segment_start = time.perf_counter()
+        self._wall_before = 0.0  # seconds of earlier segments of an interrupted run
         self._ckpt: dict[str, Any] | None = self._load_checkpoint()
         if self._ckpt is not None:
             self.done = dict(self._ckpt.get("done", {}))
+            self._wall_before = float(self._ckpt.get("wall_time_s", 0.0))
+
+    def wall_time(self) -> float:
+        """Seconds this run has trained, over every segment of an interrupted run."""
+        return self._wall_before + time.perf_counter() - self._segment_start
 
     # ----------------------------------------------------------------- checkpoints
     def _load_checkpoint(self) -> dict[str, Any] | None:
@@ -233,6 +267,15 @@ class Trainer:
                 ckpt = safe_torch_load(path, map_location="cpu")
                 if not isinstance(ckpt, dict) or ckpt.get("format") != 1:
                     raise CheckpointError(f"checkpoint {path} has an unknown layout")
+                missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+                if missing:
+                    raise CheckpointError(
+                        f"checkpoint {path} lacks {', '.join(missing)}")
+                own = self.model.state_dict()
+                state = ckpt["model"]
+                if not isinstance(state, dict) or set(state) != set(own) or any(
+                        tuple(state[k].shape) != tuple(v.shape) for k, v in own.items()):
+                    raise CheckpointError(f"checkpoint {path} holds weights of another model")
                 saved, current = ckpt.get("spec"), self.spec.to_dict()
                 if saved is not None and saved != current:  # e.g. the workflow's params changed
                     diff = sorted(k for k in {*saved, *current} if saved.get(k) != current.get(k))
@@ -269,6 +312,7 @@ class Trainer:
             "step": self.step,
             "done": self.done,
             "history": self.history,
+            "wall_time_s": self.wall_time(),
         }
         last, prev = self.ckpt_dir / "last.pt", self.ckpt_dir / "prev.pt"
         if last.exists():

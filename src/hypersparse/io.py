@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -27,7 +28,11 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except RuntimeError as exc:  # torch.save reports a failed write (disk full) this way
+            raise OSError(errno.EIO, f"writing failed ({str(exc).splitlines()[0]})",
+                          str(path)) from exc
         os.chmod(tmp, 0o644)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())

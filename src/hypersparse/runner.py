@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -300,7 +299,6 @@ def _execute(spec: RunSpec, run_dir: Path, dense_dir: DenseFiles | None, method_
     for folder in (run_dir, run_dir / "ckpt"):  # leftovers of a writer killed mid-write
         for tmp in remove_stale_temp_files(folder):
             log.warning("removed %s, left by an interrupted write", tmp)
-    t0 = time.perf_counter()
     # data, resume state and the compile toolchain are checked first
     trainer = Trainer(spec, run_dir, progress=progress, compile_mode=compile_mode)
     method = method_cls(spec, params)
@@ -325,7 +323,7 @@ def _execute(spec: RunSpec, run_dir: Path, dense_dir: DenseFiles | None, method_
     model_path = run_dir / "model.pt"
     atomic_torch_save(model_path, {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()})
     saved = safe_torch_load(model_path)
-    metrics = _metrics(spec, method_cls, trainer, saved, extra, time.perf_counter() - t0)
+    metrics = _metrics(spec, method_cls, trainer, saved, extra, trainer.wall_time())
     shutil.rmtree(trainer.ckpt_dir, ignore_errors=True)
     atomic_write_json(run_dir / "metrics.json", metrics)  # last: marks the run finished
     seal(run_dir)
@@ -343,7 +341,11 @@ def _metrics(
             ", ".join(rep["disconnected_layers"]),
         )
     hist = trainer.history
-    last_phase = hist[-1]["phase"] if hist else None
+    if not hist:
+        raise UserError(
+            f"run {spec.method} trained no epoch: give its schedule at least one epoch "
+            "(dense.epochs / finetune.epochs, or the method's own epochs)")
+    last_phase = hist[-1]["phase"]
     final_rows = [r for r in hist if r["phase"] == last_phase]
     best = max(final_rows, key=lambda r: r["test_acc"]) if final_rows else None
     metrics: dict[str, Any] = {

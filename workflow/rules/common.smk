@@ -3,8 +3,6 @@ import json
 import os
 from pathlib import Path
 
-import yaml
-
 from hypersparse import config as hsconfig
 from hypersparse import preflight
 from hypersparse.data import prepared_dir
@@ -12,14 +10,14 @@ from hypersparse.runner import FINAL_DIR, finished
 
 # config/config.yaml is the default; --configfile replaces it whole (no merging of method
 # lists), --config overrides top-level keys of whichever file is used.
-if not workflow.overwrite_configfiles:
-    with open(Path(workflow.basedir).parent / "config" / "config.yaml") as _fh:
-        _base = yaml.safe_load(_fh)
-    _base.update(config)
-    config.clear()
-    config.update(_base)
-
 try:
+    if not workflow.overwrite_configfiles:
+        _base = hsconfig.read_yaml(Path(workflow.basedir).parent / "config" / "config.yaml")
+        _base.update(config)
+        config.clear()
+        config.update(_base)
+    for _file in workflow.overwrite_configfiles or []:
+        hsconfig.read_yaml(_file)  # Snakemake's own loader lets a duplicate key win silently
     CFG = hsconfig.validate_config(config)
 except hsconfig.ConfigError as _exc:
     raise WorkflowError(str(_exc)) from None

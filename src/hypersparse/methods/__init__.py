@@ -41,9 +41,25 @@ for _name in BUILTIN_MODULES:
 
 
 def load_plugins(modules: list[str] | tuple[str, ...]) -> None:
-    """Import user modules that register extra methods (config key ``plugins``)."""
+    """Import user modules that register extra methods (config key ``plugins``).
+
+    A module that is not found raises ImportError; one that fails while importing raises a
+    ParamError naming the module and its error.
+    """
     for mod in modules:
-        importlib.import_module(mod)
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name and (mod == exc.name or mod.startswith(exc.name + ".")):
+                raise
+            raise ParamError(f"plugin module {mod!r} failed to import: {exc}") from None
+        except ParamError:
+            raise
+        except Exception as exc:  # a plugin's own bug, reported as one line
+            raise ParamError(
+                f"plugin module {mod!r} raised {type(exc).__name__} on import: {exc}; fix the "
+                "module or remove it from plugins"
+            ) from None
 
 
 __all__ = [

@@ -55,6 +55,18 @@ class Method:
         """Epochs at which the dense run must save ``snapshot_e{E}.pt`` for this method."""
         return []
 
+    @classmethod
+    def config_problems(cls, params: Any, dense: dict[str, Any], finetune: dict[str, Any]
+                        ) -> list[str]:
+        """Settings that pass the parameter checks but cannot work with the grid's schedules
+        (each a message with the fix); checked before any job starts."""
+        epochs = int(dense["epochs"])
+        return [
+            f"needs the dense run's snapshot after epoch {e}, but dense.epochs is {epochs}: "
+            f"use an epoch within the dense schedule or raise dense.epochs"
+            for e in cls.snapshot_epochs(params) if not 0 <= e <= epochs
+        ]
+
     def run(self, trainer: Trainer, dense_dir: Path | None) -> dict[str, Any]:
         """Train; leave the final model in ``trainer.model``; return extra metrics."""
         raise NotImplementedError
@@ -95,6 +107,12 @@ def register(cls: type[Method]) -> type[Method]:
     """Class decorator: make a method available to the config under ``cls.family``."""
     if not cls.family:
         raise ValueError(f"{cls.__name__} has no family name")
+    old = METHODS.get(cls.family)
+    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ParamError(
+            f"{cls.__module__}.{cls.__qualname__} registers the method name {cls.family!r}, "
+            f"which {old.__module__}.{old.__qualname__} already has; give it another family name"
+        )
     METHODS[cls.family] = cls
     return cls
 

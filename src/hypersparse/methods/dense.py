@@ -25,5 +25,11 @@ class Dense(Method):
     def run(self, trainer: Trainer, dense_dir: Path | None) -> dict[str, Any]:
         d = self.spec.dense
         snaps = {e: f"snapshot_e{e}.pt" for e in self.spec.snapshot_epochs if 0 < e <= d.epochs}
-        trainer.fit(Phase("dense", d.epochs, self.spec.optim.lr, d.milestones, d.gamma, 0, snaps))
+
+        def start(t: Trainer) -> None:
+            if 0 in self.spec.snapshot_epochs:  # the initial weights (e.g. LTH rewinding to 0)
+                t.save_snapshot(t.run_dir / "snapshot_e0.pt")
+
+        trainer.fit(Phase("dense", d.epochs, self.spec.optim.lr, d.milestones, d.gamma, 0, snaps),
+                    on_start=start)
         return {}

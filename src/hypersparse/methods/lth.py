@@ -125,6 +125,17 @@ class LotteryTicket(Method):
     def snapshot_epochs(cls, params: Any) -> list[int]:
         return [params.rewind_epoch]
 
+    @classmethod
+    def config_problems(cls, params: Any, dense: dict[str, Any], finetune: dict[str, Any]
+                        ) -> list[str]:
+        problems = super().config_problems(params, dense, finetune)
+        if params.round_schedule == "rewind" and params.rewind_epoch >= int(dense["epochs"]):
+            problems.append(
+                f"rewind_epoch {params.rewind_epoch} leaves no epoch to retrain in a dense "
+                f"schedule of {dense['epochs']} epochs: use a smaller rewind_epoch"
+            )
+        return problems
+
     def round_phase(self, r: int) -> Phase:
         """The training schedule of round ``r`` (1-based)."""
         if self.p.round_schedule == "finetune":
