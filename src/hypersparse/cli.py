@@ -344,6 +344,7 @@ def _os_error_line(exc: OSError) -> str:
         errno.EPERM: "no permission there: choose another --out / results_dir",
         errno.ENOTDIR: "a file is in the way of that path: choose another --out",
         errno.EEXIST: "a file is in the way of that path: choose another --out",
+        errno.EIO: "is the disk full? free space or choose another --out / results_dir",
     }
     hint = hints.get(exc.errno or -1, "check the path and the disk")
     return f"cannot write or read{where}: {exc.strerror or exc}; {hint}"

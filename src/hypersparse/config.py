@@ -112,6 +112,51 @@ def _non_finite(obj: Any, path: str = "") -> list[str]:
     return []
 
 
+def _schema_types(schema: dict[str, Any], root: dict[str, Any]) -> set[str]:
+    """The JSON types a (sub)schema admits (type / enum / oneOf), for re-typing strings."""
+    if "$ref" in schema:
+        schema = root["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
+    types = schema.get("type", [])
+    out = {types} if isinstance(types, str) else set(types)
+    for sub in schema.get("oneOf", []) + schema.get("anyOf", []):
+        out |= _schema_types(sub, root)
+    for v in schema.get("enum", []):
+        out.add("string" if isinstance(v, str) else "number")
+    return out
+
+
+def read_scalar(text: str) -> Any:
+    """A command-line string as a number ('5e-6' -> 5e-06, '3' -> 3) or a YAML scalar
+    ('true' -> True, 'null' -> None); anything else stays the string."""
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _retype(value: Any, schema: dict[str, Any], root: dict[str, Any]) -> Any:
+    """Snakemake's ``--config key=[0.9,0.98]`` gives strings ('0.9'): read a string as YAML
+    where the schema wants no string there, recursively through arrays and objects."""
+    if "$ref" in schema:
+        schema = root["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
+    if isinstance(value, str):
+        types = _schema_types(schema, root)
+        return read_scalar(value) if types and "string" not in types else value
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_retype(v, schema["items"], root) for v in value]
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        return {k: _retype(v, props.get(k, extra if isinstance(extra, dict) else {}), root)
+                for k, v in value.items()}
+    return value
+
+
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Validate against the schema, fill defaults, run semantic checks; returns a new dict.
 
@@ -120,15 +165,15 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     import jsonschema
 
     schema = load_schema()
-    cfg = copy.deepcopy(config or {})
+    cfg = _retype(copy.deepcopy(config or {}), schema, schema)
     # `snakemake --config compile=true` passes the string; YAML files give booleans
     switch = {"true": True, "on": True, "false": False, "off": False}
     if isinstance(cfg.get("compile"), str) and cfg["compile"].lower() in switch:
         cfg["compile"] = switch[cfg["compile"].lower()]
     bad = _non_finite(cfg)
     if bad:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(
-            f"config key {k}: NaN or infinite number; give a finite value" for k in bad))
+        raise ConfigError(_listing(
+            [f"config key {k}: NaN or infinite number; give a finite value" for k in bad]))
     _fill_defaults(cfg, schema, schema)
     validator = jsonschema.Draft202012Validator(schema)
     problems = []
@@ -144,8 +189,15 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if not problems:
         problems += _semantic_problems(cfg)
     if problems:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+        raise ConfigError(_listing(problems))
     return cfg
+
+
+def _listing(problems: list[str]) -> str:
+    """One line for one problem, else one line per problem under a heading."""
+    if len(problems) == 1:
+        return f"invalid configuration: {problems[0]}"
+    return "invalid configuration:\n  " + "\n  ".join(problems)
 
 
 def _semantic_problems(cfg: dict[str, Any]) -> list[str]:
@@ -184,9 +236,17 @@ def _semantic_problems(cfg: dict[str, Any]) -> list[str]:
             built, cfg["dense"], cfg["finetune"])]
     if problems:
         return problems
-    # every run spec of the grid builds (schedules whose milestones take effect, ...)
-    from .spec import RunSpec
+    from .spec import RunSpec, ScheduleSpec
 
+    for key in ("dense", "finetune"):  # schedules whose every milestone takes effect
+        sched = cfg[key]
+        try:
+            ScheduleSpec(sched["epochs"], tuple(sched["milestones"]), sched["gamma"]).check(key)
+        except ValueError as exc:
+            problems.append(f"config key {exc}")
+    if problems:
+        return problems
+    # every run spec of the grid builds (each method's optimizer settings, ...)
     for label in ["dense", *cfg["methods"]]:
         kappas = [0.0] if label == "dense" else method_kappas(cfg, label)
         try:

@@ -198,10 +198,16 @@ def load_art_trace_npz(run_dir: Path) -> dict[str, np.ndarray]:
 
 
 def load_state(run_dir: Path) -> dict[str, Any]:
-    """model.pt of a run: the final state dict (tensors only, loaded safely)."""
-    import torch
+    """model.pt of a run: the final state dict (tensors only, loaded safely).
 
-    return torch.load(Path(run_dir) / "model.pt", map_location="cpu", weights_only=True)
+    A file that is not a safe checkpoint of tensors is a CheckpointError naming it.
+    """
+    from hypersparse.io import CheckpointError, safe_torch_load
+
+    state = safe_torch_load(Path(run_dir) / "model.pt")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{Path(run_dir) / 'model.pt'} holds no state dict")
+    return state
 
 
 def load_prunable_weights(run_dir: Path) -> list[tuple[str, np.ndarray]]:
