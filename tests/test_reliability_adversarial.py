@@ -527,3 +527,33 @@ def test_two_workflows_on_one_results_dir(grid, tmp_path):
     assert metrics(gate_run)["status"] == "ok"
     after = finished_runs(g)
     assert {k: v for k, v in after.items() if "/gate/" not in k} == before
+
+
+def test_plot_of_an_unsafe_model_is_one_line(digits_root, tmp_path, capsys):
+    run = tmp_path / "runs" / "digits" / "resnet8" / "omp" / "k0.9" / "seed0"
+    assert main(train_argv(tiny_spec(digits_root, epochs=1), tmp_path / "dense")) == 0
+    run.mkdir(parents=True)
+    for name in ("metrics.json", "spec.json", "history.csv"):
+        shutil.copy(tmp_path / "dense" / name, run / name)
+    m = json.loads((run / "metrics.json").read_text())
+    m.update(method="omp", method_family="omp", kappa=0.9)
+    (run / "metrics.json").write_text(json.dumps(m))
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("payload ran",))
+
+    torch.save({"w": Payload()}, run / "model.pt")
+    capsys.readouterr()
+    refused(capsys, ["plot", "layer_density", "--runs", str(tmp_path / "runs"), "--out",
+                     str(tmp_path / "fig"), "--dataset", "digits", "--model", "resnet8"],
+            "model.pt", "cannot be loaded safely")
+    assert "payload ran" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_duplicate_key_in_a_configfile_stops_the_workflow(tmp_path):
+    (tmp_path / "grid.yaml").write_text(GRID + "seeds: [1]\n")
+    proc = smk(tmp_path, "-n", "--config", *PATHS)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "duplicate key 'seeds'" in out, out[-2000:]
