@@ -97,8 +97,13 @@ def test_art_step_adds_alpha_times_the_chosen_regularizer_gradient(tmp_path):
     torch.manual_seed(0)
     model = build_model("resnet8", 10, in_channels=1, width=0.25)
 
-    class FakeTrainer:  # the hooks read only the global epoch and the model
+    class FakeTrainer:  # the hooks read the global epoch, the model and per-epoch scalars
         epoch = 3
+        step_mode = "off"
+
+        @staticmethod
+        def scalar(name: str, value: float) -> float:
+            return value
 
     FakeTrainer.model = model
     ws = M.prunable_weights(model)
@@ -106,6 +111,7 @@ def test_art_step_adds_alpha_times_the_chosen_regularizer_gradient(tmp_path):
     for name in ("hs", "l1", "l2"):
         p = ArtParams(regularizer=name, lambda_init=0.5, eta=2.0, warmup_epochs=1)
         hooks = ArtHooks(p, 0.9, tmp_path)
+        hooks.on_epoch_start(FakeTrainer())  # type: ignore[arg-type]
         model.zero_grad(set_to_none=True)
         ce = model(x).logsumexp(1).mean()
         ce_grads = torch.autograd.grad(ce, ws, retain_graph=True)

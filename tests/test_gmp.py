@@ -79,6 +79,7 @@ def test_masks_shrink_on_schedule_and_hold_through_momentum() -> None:
         hooks.before_step(tr)
         opt.step()
         hooks.after_step(tr)
+        hooks.after_iteration(tr)
         zeros = sum(int((w == 0).sum()) for w in M.prunable_weights(model))
         last = max((s for s in range(t + 2) if hooks.is_prune_step(s)), default=0)
         target = M.target_zeros(hooks.target(last), n)

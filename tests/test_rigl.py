@@ -94,6 +94,7 @@ def _loop(model: nn.Module, hooks: RigLHooks, steps: int, opt: torch.optim.Optim
             hooks.before_step(tr)
             opt.step()
             hooks.after_step(tr)
+        hooks.after_iteration(tr)
     return events
 
 

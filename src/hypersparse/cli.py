@@ -62,6 +62,14 @@ def _add_spec_args(p: argparse.ArgumentParser, method_default: str | None) -> No
         "graphs); config `compile`. Default: eager",
     )
     p.add_argument(
+        "--no-cuda-graphs",
+        dest="cuda_graphs",
+        action="store_false",
+        default=None,
+        help="on CUDA, run every step eagerly instead of replaying it from a CUDA graph "
+        "(config `cuda_graphs: false`)",
+    )
+    p.add_argument(
         "--record-failure",
         action="store_true",
         help="on divergence write status 'failed' to metrics.json and exit 0 (the grid goes on)",
@@ -130,7 +138,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args)
     dense = DenseFiles(args.dense_dir, args.init) if (args.dense_dir or args.init) else None
     metrics = execute(
-        spec, args.out, dense, record_failure=args.record_failure, compile_mode=args.compile
+        spec, args.out, dense, record_failure=args.record_failure, compile_mode=args.compile,
+        cuda_graphs=args.cuda_graphs,
     )
     if metrics.get("status") == "failed":
         print(f"run failed: {metrics.get('error')}", file=sys.stderr)

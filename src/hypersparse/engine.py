@@ -14,16 +14,17 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import masks as M
+from .capture import StepGraph, graphable_optimizer, sgd_update_
 from .data import BatchLoader, dataset_info, load_split
 from .errors import UserError
 from .io import CheckpointError, atomic_torch_save, atomic_write_text, safe_torch_load
@@ -104,13 +105,39 @@ class Phase:
 
 
 class Hooks:
-    """Method plug-in points; the default does nothing (plain dense training)."""
+    """Method plug-in points; the default does nothing (plain dense training).
+
+    On CUDA the engine records the step (forward, backward, ``loss_term``, ``before_step``,
+    the optimizer update, ``after_step``) once as a CUDA graph and replays it, if the hooks'
+    class declares ``capture_safe = True`` in its own body: then those four hooks do device
+    work only (no ``.item()``, ``float(t)``, branch on a device value or new mask tensors;
+    per-epoch numbers come from :meth:`Trainer.scalar`), and host work goes into
+    ``on_epoch_start`` / ``eager_iteration`` / ``after_iteration``. See
+    :mod:`hypersparse.capture`.
+    """
+
+    capture_safe: ClassVar[bool] = True
 
     def on_phase_start(self, trainer: Trainer) -> None:
         """Called once when the phase starts fresh (not on resume)."""
 
     def on_resume(self, trainer: Trainer) -> None:
         """Called after :meth:`load_state_dict` when a phase resumes from a checkpoint."""
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        """Host, before the epoch's first step (e.g. set per-epoch :meth:`Trainer.scalar`)."""
+
+    def eager_iteration(self, trainer: Trainer) -> bool:
+        """Host, before a step: True runs this one eagerly even where steps are replayed
+        from a CUDA graph (e.g. RigL's mask-update iterations)."""
+        return False
+
+    def after_iteration(self, trainer: Trainer) -> None:
+        """Host, after every iteration's step (counters, mask updates between replays)."""
+
+    def graph_key(self) -> Hashable:
+        """Identity of the device state the captured step reads; a change re-records it."""
+        return None
 
     def loss_term(self, trainer: Trainer, model: nn.Module) -> torch.Tensor | None:
         """Extra loss added to the cross-entropy (e.g. a regulariser)."""
@@ -153,8 +180,14 @@ class MaskHooks(Hooks):
     and the mask is re-applied after it (so weight decay and any residue cannot revive them).
     """
 
+    capture_safe = True
+
     def __init__(self, masks: M.Masks | None = None) -> None:
         self.masks: M.Masks = masks or {}
+
+    def graph_key(self) -> Hashable:
+        """The mask tensors the captured step reads (update them in place to keep it)."""
+        return tuple(sorted((k, v.data_ptr()) for k, v in self.masks.items()))
 
     def on_phase_start(self, trainer: Trainer) -> None:
         self.masks = M.masks_to(self.masks, trainer.device)
@@ -199,6 +232,19 @@ def compiled_forward(
     return torch.compile(model, mode=mode)
 
 
+def step_mode(cuda_graphs: bool | str | None, device: torch.device,
+              compile_mode: str | None) -> str:
+    """How training steps run: "graph" (captured and replayed, the default on CUDA), "off"
+    (eager), or "emulate" (the captured step's code eagerly with host-sync checks: tests)."""
+    if cuda_graphs == "emulate":
+        return "emulate"
+    if cuda_graphs not in (None, True, False):
+        raise ValueError(f"cuda_graphs must be true, false or emulate, got {cuda_graphs!r}")
+    if device.type != "cuda" or cuda_graphs is False or compile_mode is not None:
+        return "off"  # torch.compile's reduce-overhead brings its own CUDA graphs
+    return "graph"
+
+
 class Trainer:
     """Holds data, model and checkpoint state of one run folder and runs phases on it."""
 
@@ -209,6 +255,7 @@ class Trainer:
         *,
         progress: bool | None = None,
         compile_mode: str | None = None,
+        cuda_graphs: bool | str | None = None,
     ) -> None:
         self.spec = spec
         self.run_dir = Path(run_dir)
@@ -236,6 +283,12 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.compile_mode = compile_mode
         self._train_forward = compiled_forward(self.model, compile_mode, self.device)
+        self.step_mode = step_mode(cuda_graphs, self.device, compile_mode)
+        self._graph: StepGraph | None = None
+        self.graph_stats: dict[str, int] = {"captures": 0, "replays": 0, "eager": 0}
+        self._scalars: dict[str, torch.Tensor] = {}
+        self._loss_sum = torch.zeros((), device=self.device)
+        self._correct = torch.zeros((), dtype=torch.long, device=self.device)
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self.epoch = 0  # global epochs completed
@@ -250,6 +303,18 @@ class Trainer:
         if self._ckpt is not None:
             self.done = dict(self._ckpt.get("done", {}))
             self._wall_before = float(self._ckpt.get("wall_time_s", 0.0))
+
+    def scalar(self, name: str, value: float) -> float | torch.Tensor:
+        """A per-epoch number a hook's step reads: the float itself when steps run eagerly,
+        a 0-d device tensor set to it when the step is replayed from a CUDA graph (call from
+        ``on_epoch_start``, outside the step)."""
+        if self._graph is None:
+            return float(value)
+        t = self._scalars.get(name)
+        if t is None:
+            t = self._scalars[name] = torch.zeros((), dtype=torch.float32, device=self.device)
+        t.fill_(float(value))
+        return t
 
     def wall_time(self) -> float:
         """Seconds this run has trained, over every segment of an interrupted run."""
@@ -346,16 +411,18 @@ class Trainer:
         was_training = model.training
         model.eval()
         loader.set_epoch(epoch)
-        loss_sum, correct, count = 0.0, 0, 0
-        for x, y in loader:
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        count = 0
+        for x, y in loader:  # sums stay on the device: one host read at the end
             x = self._prep(x)
             with self._autocast():
                 out = model(x)
-            loss_sum += float(F.cross_entropy(out.float(), y, reduction="sum"))
-            correct += int((out.argmax(1) == y).sum())
+            loss_sum += F.cross_entropy(out.float(), y, reduction="sum").double()
+            correct += (out.argmax(1) == y).sum()
             count += y.numel()
         model.train(was_training)
-        return loss_sum / max(count, 1), 100.0 * correct / max(count, 1)
+        return float(loss_sum) / max(count, 1), 100.0 * int(correct) / max(count, 1)
 
     def train_eval_loader(self, augment: bool) -> BatchLoader:
         """The training set in a fixed order, with or without augmentation, large batches."""
@@ -412,10 +479,10 @@ class Trainer:
         ck = self._ckpt
         if ck is not None and phase.name in self.done and ck["phase"] != phase.name:
             return self.done[phase.name]  # finished earlier; a later phase's checkpoint rules
-        self.phase = phase
-        self._make_optimizer(phase)
-        assert self.optimizer is not None
         if ck is not None and ck["phase"] == phase.name:
+            self.phase = phase
+            self._make_optimizer(phase)
+            assert self.optimizer is not None
             self.model.load_state_dict(ck["model"])
             hooks.load_state_dict(ck["hooks"])
             hooks.on_resume(self)
@@ -429,19 +496,9 @@ class Trainer:
             if self.scheduler is not None and ck["scheduler"]:
                 self.scheduler.load_state_dict(ck["scheduler"])
             torch.set_rng_state(ck["rng"])
+            self._use_graph(hooks)
         else:
-            self._ckpt = None
-            self.phase_epoch = 0
-            self.step = 0
-            if phase.start_epoch is not None:
-                self.epoch = phase.start_epoch
-            opt_state = on_start(self) if on_start is not None else None
-            if opt_state:
-                self.optimizer.load_state_dict(opt_state)
-                for group in self.optimizer.param_groups:  # the phase decides the lr
-                    group["lr"] = phase.lr
-                    group["initial_lr"] = phase.lr
-            hooks.on_phase_start(self)
+            self.start_phase(phase, hooks, on_start)
         stopped = False
         while self.phase_epoch < phase.epochs and not stopped:
             row = self._train_epoch(phase, hooks)
@@ -463,15 +520,96 @@ class Trainer:
             self.done[phase.name] = result
         return self.done[phase.name]
 
+    def start_phase(
+        self,
+        phase: Phase,
+        hooks: Hooks,
+        on_start: Callable[[Trainer], dict[str, Any] | None] | None = None,
+    ) -> None:
+        """Begin ``phase`` fresh: optimizer, ``on_start``, the hooks, the step mode. ``fit``
+        calls it; benchmarks call it and then :meth:`train_iteration` directly."""
+        self._ckpt = None
+        self.phase = phase
+        self._make_optimizer(phase)
+        assert self.optimizer is not None
+        self.phase_epoch = 0
+        self.step = 0
+        if phase.start_epoch is not None:
+            self.epoch = phase.start_epoch
+        opt_state = on_start(self) if on_start is not None else None
+        if opt_state:
+            self.optimizer.load_state_dict(opt_state)
+            for group in self.optimizer.param_groups:  # the phase decides the lr
+                group["lr"] = phase.lr
+                group["initial_lr"] = phase.lr
+        hooks.on_phase_start(self)
+        self._use_graph(hooks)
+
+    def begin_epoch(self, hooks: Hooks) -> None:
+        """Host work before an epoch's first step: per-epoch scalars, zeroed sums."""
+        assert self.optimizer is not None
+        self.model.train()
+        self.train_loader.set_epoch(self.epoch)
+        if self._graph is not None:
+            self._scalars["lr"].fill_(self.optimizer.param_groups[0]["lr"])
+        hooks.on_epoch_start(self)
+        self._loss_sum.zero_()
+        self._correct.zero_()
+
+    def train_iteration(self, x: torch.Tensor, y: torch.Tensor, hooks: Hooks) -> None:
+        """One training iteration on a batch: the step (replayed from a CUDA graph where it
+        is captured, else eager), then the hooks' host work."""
+        x = self._prep(x)
+        if self._graph is not None:
+            self._graph.run(x, y, hooks, hooks.eager_iteration(self))
+        else:
+            assert self.optimizer is not None
+            self.optimizer.zero_grad(set_to_none=True)
+            self._step(x, y, hooks, False)
+        hooks.after_iteration(self)
+        self.step += 1
+
+    def _use_graph(self, hooks: Hooks) -> None:
+        """A fresh StepGraph for this phase's optimizer if steps may be captured, else None."""
+        self._graph = None
+        if self.step_mode == "off" or not graphable_optimizer(self.optimizer):
+            return
+        if not vars(type(hooks)).get("capture_safe", False):
+            log.info("%s does not declare capture_safe: steps run eagerly", type(hooks).__name__)
+            return
+        self._graph = StepGraph(self._step, self.step_mode, self._zero_grads)
+        self._scalars["lr"] = torch.zeros((), dtype=torch.float32, device=self.device)
+
+    def _zero_grads(self, set_to_none: bool) -> None:
+        assert self.optimizer is not None
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, hooks: Hooks, graphed: bool) -> None:
+        """The training step (eager, or recorded into a CUDA graph when ``graphed``): forward,
+        loss, backward, the hooks, the optimizer update and the on-device sums."""
+        assert self.optimizer is not None
+        with self._autocast():
+            out = self._train_forward(x)
+            loss = F.cross_entropy(out.float(), y)
+        extra = hooks.loss_term(self, self.model)
+        total = loss if extra is None else loss + extra
+        total.backward()
+        if not hooks.replace_step(self):
+            hooks.before_step(self)
+            if graphed:
+                sgd_update_(self.optimizer, self._scalars["lr"])
+            else:
+                self.optimizer.step()
+            hooks.after_step(self)
+        self._loss_sum += loss.detach() * y.numel()
+        self._correct += (out.detach().argmax(1) == y).sum()
+
     def _train_epoch(self, phase: Phase, hooks: Hooks) -> dict[str, Any]:
         assert self.optimizer is not None
         t0 = time.perf_counter()
-        model, opt, forward = self.model, self.optimizer, self._train_forward
-        model.train()
-        self.train_loader.set_epoch(self.epoch)
-        lr = opt.param_groups[0]["lr"]
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        model = self.model
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.begin_epoch(hooks)
         count = 0
         batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = self.train_loader
         bar = None
@@ -487,25 +625,15 @@ class Trainer:
             )
             batches = bar
         for x, y in batches:
-            x = self._prep(x)
-            with self._autocast():
-                out = forward(x)
-                loss = F.cross_entropy(out.float(), y)
-            extra = hooks.loss_term(self, model)
-            total = loss if extra is None else loss + extra
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            if not hooks.replace_step(self):
-                hooks.before_step(self)
-                opt.step()
-                hooks.after_step(self)
-            self.step += 1
-            loss_sum += loss.detach() * y.numel()
-            correct += (out.detach().argmax(1) == y).sum()
+            self.train_iteration(x, y, hooks)
             count += y.numel()
         if bar is not None:
             bar.close()
-        train_loss = float(loss_sum) / max(count, 1)
+        if self._graph is not None:
+            self.graph_stats = {k: self.graph_stats.get(k, 0) + v
+                                for k, v in self._graph.stats().items()}
+            self._graph.captures = self._graph.replays = self._graph.eager = 0
+        train_loss = float(self._loss_sum) / max(count, 1)
         if not math.isfinite(train_loss):
             raise DivergenceError(
                 f"training diverged in phase {phase.name!r} at epoch {self.epoch}: the mean "
@@ -522,7 +650,7 @@ class Trainer:
             "phase_epoch": self.phase_epoch,
             "lr": lr,
             "train_loss": train_loss,
-            "train_acc": 100.0 * int(correct) / max(count, 1),
+            "train_acc": 100.0 * int(self._correct) / max(count, 1),
             "test_loss": test_loss,
             "test_acc": test_acc,
             "sparsity": sparsity,

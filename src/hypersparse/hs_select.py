@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
-from hypersparse.masks import kth_smallest
+from hypersparse.select import kth_smallest, radix_kth_of
 
 __all__ = [
     "BLOCK",
@@ -191,8 +191,9 @@ def kth_smallest_abs(weights: Sequence[Tensor], k: int) -> Tensor:
     chunks = [c for w in weights for c in cpu_chunks(w)]
     n = sum(c.numel() for c in chunks)  # both paths below check 0 <= k < n
     abs_chunks = [c.abs().reshape(-1) for c in chunks]
-    if n <= SMALL_N or abs_chunks[0].device.type != "cpu":
-        # CUDA kthvalue is a radix select; small CPU inputs are fast enough as they are.
+    if abs_chunks[0].device.type != "cpu" and abs_chunks[0].dtype == torch.float32:
+        return radix_kth_of(abs_chunks, k)  # exact, on the device, no host sync
+    if n <= SMALL_N:  # small inputs: a plain selection is as fast
         return kth_smallest(torch.cat(abs_chunks), k)
     brackets = sampled_brackets(chunks, k)
     return kth_abs_of_chunks(abs_chunks, k, brackets, Scratch(abs_chunks))[0]

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from .select import kth_smallest
+
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 
 Masks = dict[str, torch.Tensor]
@@ -62,15 +64,6 @@ def target_zeros(kappa: float, n: int) -> int:
 def flat_abs(weights: Iterable[torch.Tensor]) -> torch.Tensor:
     """|w| of all tensors, detached and concatenated into one float32 vector."""
     return torch.cat([w.detach().abs().reshape(-1).float() for w in weights])
-
-
-def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th smallest entry (0-based) of a 1-D tensor by selection, O(N), not by sorting."""
-    n = values.numel()
-    if not 0 <= k < n:
-        raise ValueError(f"k={k} out of range for {n} values")
-    # torch.kthvalue is 1-based and uses quickselect on CPU and CUDA.
-    return torch.kthvalue(values, k + 1).values
 
 
 def topk_masks_from_scores(

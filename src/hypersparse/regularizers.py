@@ -22,6 +22,10 @@ over the weights in cache-sized chunks, through buffers that persist across step
 3. w.grad += alpha * 4 s ||w||_1 / T * sign(w) p (1 - p).
 Sums are per chunk in float32 (pairwise inside PyTorch) and accumulated in float64; at
 N = 1e8 the gradient still matches a float64 reference to < 1e-5 (tests).
+
+On CUDA (``sync_free``) the same three passes run over whole tensors, a_k comes from the
+radix select of :mod:`hypersparse.select` (exact, on the device), and nothing reads a value
+back to the host: the step can be captured in a CUDA graph, with alpha a device tensor.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from torch.autograd.function import once_differentiable
 
 from hypersparse import hs_select as S
 from hypersparse.hs_select import kth_smallest_abs
-from hypersparse.masks import kth_smallest, target_zeros
+from hypersparse.masks import target_zeros
+from hypersparse.select import kth_smallest, radix_kth
 
 HS_CONSTANT = 0.6585  # ~ artanh(1/sqrt(3)): sech^2(s|w|) has its inflection at |w| = a_k
 
@@ -83,15 +88,23 @@ def hs_threshold_scale(flat_abs_w: Tensor, prune_rate: float) -> Tensor:
     return _scale_from_threshold(kth_smallest_abs([flat_abs_w], k))
 
 
+def _whole(t: Tensor) -> list[Tensor]:
+    """A tensor as one piece (the sync-free path works on whole tensors)."""
+    return [t.detach()]
+
+
 class HyperSparseGradient:
     """The exact HS gradient of a fixed list of weights, step after step.
 
     Keeps one |w|-sized buffer per weight and chunk-sized scratch between calls (no large
     allocations per step), and the last a_k, whose neighbourhood brackets the next a_k.
     Neither changes a result: a_k is the exact order statistic whatever the bracket.
+    ``sync_free`` (default: on CUDA) finds a_k by radix select on the device and never
+    synchronises with the host (CUDA-graph capturable); on CPU the bracket path is faster.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sync_free: bool | None = None) -> None:
+        self.sync_free = sync_free
         self._key: tuple | None = None
         self._hint: float | None = None
         self._margin = _HINT_MARGIN[0]
@@ -108,11 +121,15 @@ class HyperSparseGradient:
         if n == 0:
             raise ValueError("hypersparse regularizer needs at least one weight")
         self._key, self._hint, self._margin, self.n = key, None, _HINT_MARGIN[0], n
+        device = weights[0].device
+        sync_free = device.type != "cpu" if self.sync_free is None else self.sync_free
         self.buffers = [torch.empty_like(w.detach()) for w in weights]
-        self.w_chunks = [c for w in weights for c in S.cpu_chunks(w)]
-        self.b_chunks = [c for b in self.buffers for c in S.cpu_chunks(b)]
-        self.on_cpu = self.b_chunks[0].device.type == "cpu"
+        self._chunks = _whole if sync_free else S.cpu_chunks
+        self.w_chunks = [c for w in weights for c in self._chunks(w)]
+        self.b_chunks = [c for b in self.buffers for c in self._chunks(b)]
+        self.on_cpu = not sync_free  # the host-assisted path (bracket, Python scalars)
         self.scratch = S.Scratch(self.b_chunks) if self.on_cpu else None
+        self._k: dict[int, Tensor] = {}  # k -> int64 0-d tensor on the device (sync-free path)
 
     def _threshold(self, k: int) -> tuple[Tensor, Tensor]:
         """Pass 1: buffers = |w|; returns (a_k, ||w||_1 in float64)."""
@@ -127,7 +144,11 @@ class HyperSparseGradient:
             if count is not None:
                 count.add(a)
         l1 = torch.stack(l1_parts).double().sum()
-        if count is None:  # CUDA kthvalue is a radix select; small CPU inputs are fast as is
+        if not self.on_cpu:  # exact radix select on the device, no host synchronisation
+            if k not in self._k:
+                self._k[k] = torch.full((), k, dtype=torch.int64, device=self.buffers[0].device)
+            return radix_kth(self.b_chunks, self._k[k]), l1
+        if count is None:  # small inputs: a plain selection is as fast
             return kth_smallest(torch.cat([b.reshape(-1) for b in self.b_chunks]), k), l1
         # the first bracket's count is ``count``; the iterator holds the ones after it
         brackets = itertools.chain([(count.lo, count.hi)], brackets)
@@ -178,10 +199,17 @@ class HyperSparseGradient:
         return c.clamp_max(torch.finfo(self.buffers[0].dtype).max)
 
     @torch.no_grad()
-    def add_to_grads_(self, weights: Sequence[Tensor], prune_rate: float, alpha: float) -> None:
-        """w.grad += alpha * dHS/dw for every weight (a missing grad counts as zero)."""
+    def add_to_grads_(self, weights: Sequence[Tensor], prune_rate: float,
+                      alpha: float | Tensor) -> None:
+        """w.grad += alpha * dHS/dw for every weight (a missing grad counts as zero).
+
+        ``alpha`` may be a device tensor (read inside a captured graph, set between replays).
+        """
         _check_rate(prune_rate)
-        if alpha == 0.0:
+        self._prepare(weights)
+        if isinstance(alpha, Tensor) and self.on_cpu:
+            alpha = float(alpha)
+        if not isinstance(alpha, Tensor) and alpha == 0.0:
             return
         c = self._direction(weights, prune_rate)
         if c is None:
@@ -190,7 +218,7 @@ class HyperSparseGradient:
         for w in weights:
             if w.grad is None:
                 w.grad = torch.zeros_like(w)
-            grads.extend(S.cpu_chunks(w.grad))
+            grads.extend(self._chunks(w.grad))
         fmax = torch.finfo(self.buffers[0].dtype).max
         value = max(-fmax, min(fmax, alpha * float(c))) if self.on_cpu else 0.0
         for wc, bc, gc in zip(self.w_chunks, self.b_chunks, grads, strict=True):
@@ -208,7 +236,7 @@ class HyperSparseGradient:
             hs = [torch.zeros_like(w) for w in weights]
             return hs, torch.zeros((), dtype=hs[0].dtype, device=hs[0].device)
         hs = [torch.empty_like(w) for w in weights]
-        h_chunks = [ch for h in hs for ch in S.cpu_chunks(h)]
+        h_chunks = [ch for h in hs for ch in self._chunks(h)]
         for wc, bc, hc in zip(self.w_chunks, self.b_chunks, h_chunks, strict=True):
             torch.sign(wc, out=hc).mul_(bc)
         return hs, c.to(hs[0].dtype)

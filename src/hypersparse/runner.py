@@ -203,13 +203,15 @@ def execute(
     record_failure: bool = False,
     progress: bool | None = None,
     compile_mode: str | None = None,
+    cuda_graphs: bool | str | None = None,
 ) -> dict[str, Any]:
     """Train ``spec`` into ``run_dir`` (resuming if interrupted) and return its metrics.
 
     With ``record_failure`` a diverging run is recorded as status "failed" in metrics.json
     (so the grid goes on and tables show the failure); otherwise the error propagates.
-    ``compile_mode`` (a torch.compile mode, or None for eager) is an execution option like
-    the thread count: it is recorded in metrics.json but not part of the spec.
+    ``compile_mode`` (a torch.compile mode, or None for eager) and ``cuda_graphs`` (None:
+    steps captured as CUDA graphs on CUDA; False: eager) are execution options like the thread
+    count: recorded in metrics.json but not part of the spec.
     """
     run_dir = Path(run_dir)
     if dense_dir is not None and not isinstance(dense_dir, DenseFiles):
@@ -220,7 +222,7 @@ def execute(
         return _finished_result(run_dir, spec)
     with run_folder_lock(run_dir):
         return _execute(spec, run_dir, dense_dir, method_cls, params, record_failure, progress,
-                        compile_mode)
+                        compile_mode, cuda_graphs)
 
 
 class RunFolderBusyError(UserError, RuntimeError):
@@ -282,7 +284,7 @@ def _finished_result(run_dir: Path, spec: RunSpec) -> dict[str, Any]:
 
 def _execute(spec: RunSpec, run_dir: Path, dense_dir: DenseFiles | None, method_cls: Any,
              params: Any, record_failure: bool, progress: bool | None,
-             compile_mode: str | None) -> dict[str, Any]:
+             compile_mode: str | None, cuda_graphs: bool | str | None) -> dict[str, Any]:
     restore_sealed(run_dir)
     if finished(run_dir):
         return _finished_result(run_dir, spec)
@@ -300,7 +302,8 @@ def _execute(spec: RunSpec, run_dir: Path, dense_dir: DenseFiles | None, method_
         for tmp in remove_stale_temp_files(folder):
             log.warning("removed %s, left by an interrupted write", tmp)
     # data, resume state and the compile toolchain are checked first
-    trainer = Trainer(spec, run_dir, progress=progress, compile_mode=compile_mode)
+    trainer = Trainer(spec, run_dir, progress=progress, compile_mode=compile_mode,
+                      cuda_graphs=cuda_graphs)
     method = method_cls(spec, params)
     if not spec_path.exists():
         atomic_write_json(spec_path, spec.to_dict())
@@ -364,6 +367,8 @@ def _metrics(
         "wall_time_s": wall,
         "device": str(trainer.device),
         "compile": trainer.compile_mode,
+        "step_mode": trainer.step_mode,
+        "step_graph": trainer.graph_stats,
         "threads": torch.get_num_threads(),
         "spec": spec.to_dict(),
         "versions": package_versions(),

@@ -208,4 +208,6 @@ def job_flags():
     mode = CFG["compile"]
     if mode:
         flags.append(f"--compile {'default' if mode is True else mode}")
+    if not CFG["cuda_graphs"]:
+        flags.append("--no-cuda-graphs")
     return " ".join(flags)

@@ -84,7 +84,10 @@ def reset_momentum(optimizer: torch.optim.Optimizer | None) -> None:
 
 
 class ACDCHooks(MaskHooks):
-    """Toggles between a fixed magnitude mask and no mask at epoch boundaries."""
+    """Toggles between a fixed magnitude mask and no mask at epoch boundaries (a captured step
+    is recorded again when the mask changes: :meth:`graph_key`)."""
+
+    capture_safe = True
 
     def __init__(self, p: ACDCParams, kappa: float) -> None:
         super().__init__()

@@ -182,6 +182,8 @@ class ArtSelector:
 class ArtHooks(Hooks):
     """The ART phase: regularised loss, per-epoch pruned evaluation, selection, trace."""
 
+    capture_safe = True  # alpha is a Trainer.scalar; HS runs sync-free where steps are captured
+
     def __init__(self, p: ArtParams, kappa: float, work_dir: Path) -> None:
         self.p = p
         self.kappa = kappa
@@ -196,20 +198,30 @@ class ArtHooks(Hooks):
         # trip, buffers kept across steps); L1 / L2 stay loss terms.
         self._hs = HyperSparseGradient() if p.regularizer == "hs" else None
         self._loader: Any = None
+        self._alpha: float | torch.Tensor = 0.0
+
+    def _select_path(self, trainer: Trainer) -> None:
+        if self._hs is not None and trainer.step_mode != "off":
+            self._hs.sync_free = True  # the step may be captured: a_k found on the device
 
     def on_phase_start(self, trainer: Trainer) -> None:
+        self._select_path(trainer)
         self.trace.start(trainer.model, self.kappa)
 
+    def on_resume(self, trainer: Trainer) -> None:
+        self._select_path(trainer)
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        self._alpha = trainer.scalar("alpha", alpha_at(self.p, trainer.epoch))
+
     def loss_term(self, trainer: Trainer, model: nn.Module) -> torch.Tensor | None:
-        alpha = alpha_at(self.p, trainer.epoch)
-        if alpha == 0.0 or self._hs is not None:
+        if self._hs is not None or (isinstance(self._alpha, float) and self._alpha == 0.0):
             return None
-        return alpha * self._reg(M.prunable_weights(model), self.kappa)
+        return self._alpha * self._reg(M.prunable_weights(model), self.kappa)
 
     def before_step(self, trainer: Trainer) -> None:
-        alpha = alpha_at(self.p, trainer.epoch)
-        if self._hs is not None and alpha != 0.0:
-            self._hs.add_to_grads_(M.prunable_weights(trainer.model), self.kappa, alpha)
+        if self._hs is not None:
+            self._hs.add_to_grads_(M.prunable_weights(trainer.model), self.kappa, self._alpha)
 
     def _eval_loader(self, trainer: Trainer) -> Any:
         if self._loader is None:

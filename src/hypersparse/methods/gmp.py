@@ -92,7 +92,13 @@ def update_steps(begin: int, end: int, dt: int) -> list[int]:
 
 
 class GMPHooks(MaskHooks):
-    """Masks that shrink on the cubic schedule; exact zeros between pruning steps."""
+    """Masks that shrink on the cubic schedule; exact zeros between pruning steps.
+
+    Pruning runs on the host after the step (:meth:`after_iteration`) and changes the masks
+    in place, so a step replayed from a CUDA graph keeps reading them.
+    """
+
+    capture_safe = True
 
     def __init__(self, p: GMPParams, kappa: float) -> None:
         super().__init__()
@@ -142,13 +148,14 @@ class GMPHooks(MaskHooks):
             zeros = M.target_zeros(self.kappa if final else sparsity, n)
             if zeros <= before:
                 return  # masks only shrink
-            self.masks = M.topk_masks_from_scores(scores, n - zeros)
+            for k, m in M.topk_masks_from_scores(scores, n - zeros).items():
+                self.masks[k].copy_(m)
         else:
             goal = self.layer_zeros(sizes, sparsity, final)
             changed = False
             for (k, sc), z, size in zip(scores, goal, sizes, strict=True):
                 if z > int((~self.masks[k]).sum()):
-                    self.masks[k] = M.topk_masks_from_scores([(k, sc)], size - z)[k]
+                    self.masks[k].copy_(M.topk_masks_from_scores([(k, sc)], size - z)[k])
                     changed = True
             if not changed:
                 return
@@ -157,8 +164,7 @@ class GMPHooks(MaskHooks):
         zeros = sum(int((~m).sum()) for m in self.masks.values())
         self.log.append([trainer.step + 1, zeros / n])
 
-    def after_step(self, trainer: Trainer) -> None:
-        super().after_step(trainer)
+    def after_iteration(self, trainer: Trainer) -> None:
         t = trainer.step + 1  # optimizer steps taken, as the reference's global step
         if self.is_prune_step(t):
             self.prune(trainer, self.target(t), final=t == self.final_step)

@@ -159,7 +159,13 @@ def drop_grow(
 
 
 class RigLHooks(MaskHooks):
-    """Fixed per-layer counts; periodic magnitude drop / gradient grow instead of an SGD step."""
+    """Fixed per-layer counts; periodic magnitude drop / gradient grow instead of an SGD step.
+
+    Where steps are replayed from a CUDA graph, update iterations run eagerly
+    (:meth:`eager_iteration`) and masks change in place, so the graph stays valid.
+    """
+
+    capture_safe = True
 
     def __init__(self, p: RigLParams) -> None:
         super().__init__()
@@ -168,6 +174,7 @@ class RigLHooks(MaskHooks):
         self.updates = 0
         self.sgd_steps = 0  # t: SGD steps taken in this phase (update iterations excluded)
         self.last_update = -p.delta_t  # so that the first update falls at t = 0
+        self._replaced = False
 
     def on_phase_start(self, trainer: Trainer) -> None:
         assert trainer.phase is not None
@@ -179,16 +186,22 @@ class RigLHooks(MaskHooks):
         t = self.sgd_steps
         return t <= self.t_end and self.last_update + self.p.delta_t <= t
 
+    def eager_iteration(self, trainer: Trainer) -> bool:
+        return self.is_update()
+
     def replace_step(self, trainer: Trainer) -> bool:
         if not self.is_update():
             return False
         self.update(trainer, drop_fraction(self.sgd_steps, self.p.alpha, self.t_end))
         self.last_update = self.sgd_steps
+        self._replaced = True
         return True
 
-    def after_step(self, trainer: Trainer) -> None:
-        super().after_step(trainer)
-        self.sgd_steps += 1
+    def after_iteration(self, trainer: Trainer) -> None:
+        if self._replaced:
+            self._replaced = False
+        else:
+            self.sgd_steps += 1
 
     @torch.no_grad()
     def update(self, trainer: Trainer, fraction: float) -> None:
@@ -201,8 +214,8 @@ class RigLHooks(MaskHooks):
                 continue
             g = w.grad.detach().abs() if w.grad is not None else torch.zeros_like(w)
             new, _ = drop_grow(w, g, old, fraction, name)
-            self.masks[name] = new
             still[name] = new & old  # weights that were and stay active keep their momentum
+            old.copy_(new)  # in place: a captured step keeps reading this mask
         M.apply_masks(trainer.model, self.masks)  # dropped -> 0; grown were 0 already
         M.zero_momentum(trainer.optimizer, trainer.model, still)
         self.updates += 1
