@@ -4,12 +4,12 @@ One step = next batch -> forward -> cross-entropy (+ alpha * HyperSparse) -> bac
 step (momentum 0.9, weight decay 1e-4), batch 64, 32 px, 10 classes, synthetic CIFAR-sized uint8
 data (50,000 images by default) generated in-process. Both paths train the project's own model
 (hypersparse.models.build_model, same init), so the difference is the pipeline around it:
-  project    - BatchLoader on the uint8 tensor (batch-wise augmentation on the device), the
-               engine's step (Trainer._train_epoch: CE on float logits, zero_grad(set_to_none),
-               the HS gradient added into w.grad by HyperSparseGradient as ART does,
-               on-device loss/accuracy sums, no syncs);
-               on CUDA channels_last + cudnn.benchmark like the engine, optional --bf16
-               (autocast); --compile adds a third path, the same with torch.compile
+  project    - the real engine on a fabricated CIFAR-10 cache: Trainer.train_iteration
+               (BatchLoader with batch-wise augmentation on the device, the engine's step
+               with ART's hooks adding the HS gradient, on-device sums; on CUDA the step is
+               replayed from a CUDA graph after 3 warm-up steps, channels_last,
+               cudnn.benchmark), optional --bf16 (autocast); --compile adds a third path,
+               the engine with torch.compile (eager steps)
   reference  - the authors' pipeline rebuilt from stock parts: PIL-per-item Dataset +
                Compose([RandomCrop(32, 4), RandomHorizontalFlip(), ToTensor(), Normalize]) +
                DataLoader(batch 64, shuffle, num_workers=4); per step .to(device), loss and
@@ -49,7 +49,6 @@ from bench_hs_overhead import authors_sort_hs  # noqa: E402  (the authors' sort-
 from hypersparse.data import BatchLoader  # noqa: E402
 from hypersparse.masks import prunable_weights  # noqa: E402
 from hypersparse.models import build_model  # noqa: E402
-from hypersparse.regularizers import HyperSparseGradient  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 ALPHA = 5e-6  # lambda_init of the authors' code: the size does not change the cost
@@ -66,41 +65,20 @@ def _model(name: str, width: float, device: torch.device) -> torch.nn.Module:
 
 def project_path(args: argparse.Namespace, name: str, device: torch.device,
                  compiled: bool = False) -> tuple[Callable[[], None], Callable[[], float]]:
-    """(one training step, iterator start-up -> s) of the project's engine-style path
-    (``compiled``: the training forward through torch.compile, as config `compile: true`)."""
-    loader = BatchLoader(C.project_data(args.n), C.CIFAR10_INFO, args.batch, train=True,
-                         device=device, seed=0)
-    model = _model(name, args.width, device)
-    cuda = device.type == "cuda"
-    if cuda:  # as Trainer.__init__ does
-        torch.backends.cudnn.benchmark = True
-        model = model.to(memory_format=torch.channels_last)
-    weights = prunable_weights(model)
-    hs = HyperSparseGradient()
-    fwd = torch.compile(model) if compiled else model
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
-    amp = args.bf16 and cuda
-    st: dict[str, Any] = {"loss_sum": torch.zeros((), device=device),
-                          "correct": torch.zeros((), dtype=torch.long, device=device)}
-    batches = C.endless_batches(loader)
+    """(one training step, iterator start-up -> s) of the project: the real engine's
+    iteration (``Trainer.train_iteration``: its BatchLoader, its step, replayed from a CUDA
+    graph on CUDA, ART's HS gradient) on a fabricated CIFAR-10 cache.
+    ``compiled``: the training forward through torch.compile, as config `compile: true`."""
+    from hypersparse.engine import Hooks
 
-    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
-        return next(batches)
-
-    def step() -> None:
-        x, y = next_batch()
-        if cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out = fwd(x)
-            loss = F.cross_entropy(out.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if args.reg == "hs":  # as ArtHooks.before_step does
-            hs.add_to_grads_(weights, KAPPA, ALPHA)
-        opt.step()
-        st["loss_sum"] += loss.detach() * y.numel()
-        st["correct"] += (out.detach().argmax(1) == y).sum()
+    root = C.fabricated_cifar_root(args.n, test_n=1024)
+    trainer = C.engine_trainer(root, name, args.width, device, batch=args.batch, lr=LR,
+                               bf16=args.bf16, compile_mode="default" if compiled else None)
+    torch.manual_seed(0)  # the same initial model as the reference path
+    trainer.model.load_state_dict(_model(name, args.width, device).state_dict())
+    hooks = C.art_hooks(ALPHA, KAPPA) if args.reg == "hs" else Hooks()
+    step = C.engine_steps(trainer, hooks, lr=LR)
+    loader = trainer.train_loader
 
     def startup() -> float:
         def work() -> None:
@@ -223,7 +201,7 @@ def bench_model(args: argparse.Namespace, name: str, device: torch.device) -> li
         step, startup = make(args, name, device)
         startups[p] = C.median([startup() for _ in range(1 if args.quick else 2)])
         made[p] = step
-    warm = 3 if args.compile else 2
+    warm = 5  # past the engine's 3 warm-up steps and its CUDA graph capture (or compile)
     for step in made.values():
         for _ in range(warm):
             step()

@@ -270,6 +270,73 @@ def project_data(n: int, seed: int = 0) -> ImageData:
                      torch.from_numpy(synthetic_labels(n)))
 
 
+_FABRICATED: dict[tuple[int, int], Path] = {}
+
+
+def fabricated_cifar_root(n: int, test_n: int = 10_000, seed: int = 0) -> Path:
+    """A data root holding a prepared ``cifar10`` cache of random images in the real format
+    (what ``hypersparse prepare`` writes), so the real engine can train on it."""
+    import tempfile
+
+    from hypersparse.data import dataset_info, prepared_dir
+    from hypersparse.data.common import write_cache
+
+    key = (n, test_n)
+    if key not in _FABRICATED:
+        root = Path(tempfile.mkdtemp(prefix="hypersparse-bench-"))
+        splits = {"train": project_data(n, seed), "test": project_data(test_n, seed + 1)}
+        write_cache(prepared_dir("cifar10", root), dataset_info("cifar10"), splits, {},
+                    {"source": "fabricated by benchmarks/common.py"})
+        _FABRICATED[key] = root
+    return _FABRICATED[key]
+
+
+def engine_trainer(root: Path, model: str, width: float, device: torch.device, *,
+                   batch: int = 64, lr: float = 0.1, bf16: bool = False,
+                   compile_mode: str | None = None, cuda_graphs: bool | None = None,
+                   run_dir: Path | None = None) -> Any:
+    """The project's Trainer on the fabricated CIFAR-10 cache (the real engine, its defaults)."""
+    import tempfile
+
+    from hypersparse.engine import Trainer
+    from hypersparse.spec import RunSpec
+
+    spec = RunSpec.from_dict({
+        "dataset": "cifar10", "model": model, "width": width, "data_root": str(root),
+        "device": str(device), "precision": "bf16" if bf16 else "fp32",
+        "optim": {"lr": lr, "batch_size": batch},
+    })
+    out = run_dir or Path(tempfile.mkdtemp(prefix="hypersparse-bench-run-"))
+    return Trainer(spec, out, progress=False, compile_mode=compile_mode, cuda_graphs=cuda_graphs)
+
+
+def engine_steps(trainer: Any, hooks: Any, lr: float = 0.1, start_epoch: int = 1
+                 ) -> Callable[[], None]:
+    """One call = one iteration of the engine (``Trainer.train_iteration``) on the next batch
+    of its own loader, in a phase started as ``fit`` starts one."""
+    from hypersparse.engine import Phase
+
+    trainer.start_phase(Phase("bench", 10**9, lr, start_epoch=start_epoch), hooks)
+    trainer.begin_epoch(hooks)
+    batches = endless_batches(trainer.train_loader)
+
+    def step() -> None:
+        x, y = next(batches)
+        trainer.train_iteration(x, y, hooks)
+
+    return step
+
+
+def art_hooks(alpha: float, kappa: float, work_dir: Path | None = None) -> Any:
+    """ART's hooks with HyperSparse at a constant alpha (start the phase at epoch 1)."""
+    import tempfile
+
+    from hypersparse.methods.art import ArtHooks, ArtParams
+
+    params = ArtParams(regularizer="hs", lambda_init=alpha, eta=1.0, warmup_epochs=1)
+    return ArtHooks(params, kappa, work_dir or Path(tempfile.mkdtemp()))
+
+
 # ------------------------------------------------------------ reference (authors' style)
 
 

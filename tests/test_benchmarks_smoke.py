@@ -85,3 +85,32 @@ def test_hs_overhead_runs(capsys) -> None:
     _main("bench_hs_overhead.py", "--models", "resnet8", "--steps", "2", "--block", "1",
           "--threads", "1")
     assert "resnet8" in capsys.readouterr().out
+
+
+def test_engine_epoch_quick_and_the_gpu_suite_report(tmp_path: Path, capsys) -> None:
+    """The real-engine epoch benchmark runs (tiny) and the GPU suite's report reads its JSON
+    into the table of figures against targets."""
+    _main("bench_engine_epoch.py", "--quick", "--device", "cpu", "--threads", "1",
+          "--models", "resnet8", "--json", str(tmp_path / "engine.json"))
+    out = capsys.readouterr().out
+    assert "run min" in out and "resnet8" in out
+    rows = json.loads((tmp_path / "engine.json").read_text())["rows"]
+    assert rows[0]["step_mode"] == "off" and rows[0]["art_epoch_s"] > 0
+    spec = importlib.util.spec_from_file_location("_report", BENCH / "gpu_suite_report.py")
+    assert spec is not None and spec.loader is not None
+    report: ModuleType = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    table = report.rows(tmp_path)
+    assert [r[0] for r in table][:3] == ["engine s/epoch dense resnet8 (off, 512 images)",
+                                         "engine s/epoch art resnet8 (off, 512 images)",
+                                         "engine s/epoch finetune resnet8 (off, 512 images)"]
+    assert all(r[1] != "missing" for r in table)
+
+
+def test_gpu_suite_refuses_without_a_gpu() -> None:
+    if __import__("torch").cuda.is_available():
+        pytest.skip("a GPU is present: the suite would run for minutes")
+    proc = subprocess.run(["bash", str(BENCH / "gpu_suite.sh")], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env={**__import__("os").environ,
+                                                       "PYTHON": sys.executable})
+    assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr

@@ -12,7 +12,6 @@ import typing
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..config import read_scalar
 from ..engine import MaskHooks, Phase, Trainer
 from ..errors import UserError
 from ..io import load_state_dict_checked, safe_torch_load
@@ -158,6 +157,8 @@ def build_params(family: str, values: dict[str, Any], where: str = "") -> Any:
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     if isinstance(value, str) and hint is not str and typing.get_origin(hint) is not typing.Literal:
+        from ..config import read_scalar  # (PyYAML only where a string needs reading)
+
         value = read_scalar(value)  # `snakemake --config methods={...}` gives strings
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
