@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     help="ART epochs assumed for the whole-run estimate (data-dependent)")
     ap.add_argument("--no-graphs", action="store_true", help="only the eager engine")
     ap.add_argument("--eager-too", action="store_true", help="also time the eager engine")
+    ap.add_argument("--table", default=None, metavar="CSV",
+                    help="update this cost table (benchmarks/epoch_seconds.csv, read by "
+                    "`hypersparse estimate`) with the measured dense epochs, per 50k images")
     args = ap.parse_args(argv)
     q = args.quick
     args.width = args.width or (0.25 if q else 1.0)
@@ -131,8 +134,50 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
           f"epochs at the median epoch times (N={args.n}; x{1 / scale:.1f} for 50k images). "
           f"Targets on an H100: <= {TARGET_EPOCH_S:g} s per 50k-image epoch, whole ResNet-32 "
           f"ART run < {TARGET_RUN_MIN:g} min")
+    if args.table:
+        update_table(Path(args.table), rows, device, meta)
     C.finish(meta, rows, args.json)
     return rows
+
+
+def update_table(path: Path, rows: list[dict[str, Any]], device: torch.device,
+                 meta: dict[str, Any]) -> None:
+    """Write each model's measured dense epoch (CIFAR-10 sized, graph steps where used) into
+    the cost table, replacing the row of the same (model, cifar10, device kind)."""
+    import csv
+
+    from hypersparse.estimate import TABLE_COLUMNS
+
+    kind = "gpu" if device.type == "cuda" else "cpu"
+    old = []
+    if path.is_file():
+        with open(path, newline="") as fh:
+            lines = [ln for ln in fh if not ln.startswith("#")]
+        old = list(csv.DictReader(lines))
+    best: dict[str, dict[str, Any]] = {}
+    for r in rows:  # the fastest step mode measured for a model
+        if r["model"] not in best or r["dense_epoch_s"] < best[r["model"]]["dense_epoch_s"]:
+            best[r["model"]] = r
+    new = {(m, "cifar10", kind): r for m, r in best.items()}
+    keep = [o for o in old if (o["model"], o["dataset"], o["device"]) not in new]
+    date = meta.get("date", "")[:10]
+    for (m, d, k), r in new.items():
+        scale = 50_000 / r["train_images"]
+        keep.append({
+            "model": m, "dataset": d, "device": k,
+            "seconds_per_epoch": f"{r['dense_epoch_s'] * scale:.3g}",
+            "status": "measured" if scale == 1 else "extrapolated",
+            "source": f"bench_engine_epoch.py {date} {meta.get('device', '')}, "
+                      f"{r['step_mode']} steps, {r['train_images']} images"
+                      + ("" if scale == 1 else f" x{scale:.1f}"),
+        })
+    with open(path, "w", newline="") as fh:
+        fh.write("# seconds per training epoch (50k CIFAR-sized images + test pass); "
+                 "written by benchmarks/bench_engine_epoch.py --table, read by "
+                 "`hypersparse estimate`\n")
+        w = csv.DictWriter(fh, fieldnames=list(TABLE_COLUMNS))
+        w.writeheader()
+        w.writerows(sorted(keep, key=lambda o: (o["device"], o["dataset"], o["model"])))
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ def test_profile_is_a_complete_cluster_profile() -> None:
     assert prof["default-resources"]["slurm_account"] == "<account>"
     for rule in TRAINING_RULES:
         res = prof["set-resources"][rule]
-        assert res["gpu"] == 1 and res["runtime"] >= 60 and res["mem_mb"] >= 4000
+        assert res["gres"] == "gpu:1" and "gpu" not in res  # one GPU per (packed) SLURM job
+        assert res["runtime"] >= 60 and res["mem_mb"] >= 4000
         assert prof["set-threads"][rule] >= 1
     # The plugin rejects (or mangles) values wrapped in quotes, e.g. slurm_extra: "'--qos=x'".
     for text in _strings(prof):
@@ -87,11 +88,13 @@ def local_test_profile(cluster: SlurmCluster, dest: Path, logdir: Path) -> Path:
     defaults.pop("slurm_account", None)  # no accounts here: the plugin submits without -A
     defaults["slurm_partition"] = cluster.partition
     for res in [defaults, *prof.get("set-resources", {}).values()]:
-        for key in ("gpu", "gpu_model", "slurm_extra", "constraint", "qos"):
+        for key in ("gpu", "gres", "gpu_model", "slurm_extra", "constraint", "qos"):
             res.pop(key, None)
         res["mem_mb"] = min(int(res.get("mem_mb", 1000)), 1000)
         res["runtime"] = min(int(res.get("runtime", 10)), 10)
     prof["set-threads"] = {rule: 1 for rule in prof.get("set-threads", {})}
+    # pack two runs per SLURM job, as the shipped profile packs jobs_per_gpu runs per GPU
+    prof["group-components"] = ["train_dense=2", "train_runs=2"]
     prof.update(
         {
             "retries": 0,
@@ -189,12 +192,13 @@ def test_workflow_on_slurm_matches_local_run(slurm: SlurmCluster, tmp_path: Path
     slurm_s = time.monotonic() - start
     print(f"slurm run: {slurm_s:.1f} s")
 
-    # Training really went through Slurm: each training job left a Slurm log.
+    # Training went through Slurm, the two sparse runs packed into one SLURM job (a group
+    # job of train_runs), as the profile's group-components ask.
     logs = sorted((tmp_path / "slurm_logs").rglob("*.log"))
-    assert {p.relative_to(tmp_path / "slurm_logs").parts[0] for p in logs} >= {
-        "rule_dense",
-        "rule_sparse",
-    }, logs
+    tops = {p.relative_to(tmp_path / "slurm_logs").parts[0] for p in logs}
+    assert any(t.startswith("group_") for t in tops) and "rule_sparse" not in tops, tops
+    jobs = slurm.run("squeue", "-h", "--states=all", "-o", "%i").stdout.split()
+    assert len(jobs) == 2, jobs  # the dense job and one job for both sparse runs
     done = slurm.run("squeue", "-h", "--states=all", "-o", "%T").stdout.split()
     assert done and set(done) == {"COMPLETED"}, done
 

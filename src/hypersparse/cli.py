@@ -244,6 +244,44 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grid_parallel(cfg: dict[str, Any], parallel: int | None) -> int:
+    """Runs at once: --parallel, else the config's GPUs x jobs_per_gpu (1 GPU if none seen)."""
+    if parallel:
+        return parallel
+    from .config import gpu_ids
+
+    return max(len(gpu_ids(cfg)), 1) * cfg["jobs_per_gpu"]
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    """Epochs, jobs and GPU-hours of a config before it starts."""
+    from .config import load_config
+    from .estimate import format_estimate, grid_jobs, read_table
+
+    cfg = load_config(args.config)
+    jobs = grid_jobs(cfg, args.device, read_table(args.table), args.art_epochs)
+    print(f"{args.config}: {len(jobs)} training jobs on {args.device} (seconds per epoch from "
+          f"{args.table or 'benchmarks/epoch_seconds.csv'}; ART assumed {args.art_epochs} "
+          "epochs)")
+    print(format_estimate(jobs, _grid_parallel(cfg, args.parallel), args.device))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Finished / running / failed / pending runs of a config, and the ETA."""
+    from .config import load_config
+    from .estimate import read_table
+    from .progress import format_status, grid_status
+
+    overrides = {"results_dir": str(args.results)} if args.results else {}
+    cfg = load_config(args.config, overrides)
+    runs = grid_status(cfg, args.art_epochs)
+    print(f"{args.config}: {len(runs)} runs under {cfg['results_dir']}/runs")
+    print(format_status(runs, _grid_parallel(cfg, args.parallel), read_table(args.table),
+                        args.device))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with all subcommands."""
     p = argparse.ArgumentParser(
@@ -274,6 +312,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("methods", help="list the registered methods and their parameters")
     s.set_defaults(func=cmd_methods)
+
+    for name, func, what in (
+        ("estimate", cmd_estimate, "jobs, epochs and GPU-hours of a config before it starts"),
+        ("status", cmd_status, "finished / running / failed / pending runs and the ETA"),
+    ):
+        s = sub.add_parser(name, help=what)
+        s.add_argument("config", type=Path, help="the workflow config (e.g. config/config.yaml)")
+        if name == "status":
+            s.add_argument("--results", type=Path, help="results_dir (default: the config's)")
+        s.add_argument("--device", choices=["gpu", "cpu"], default="gpu",
+                       help="which cost-table figures to use")
+        s.add_argument("--parallel", type=_positive_int, default=None,
+                       help="runs at once (default: visible GPUs x jobs_per_gpu)")
+        s.add_argument("--art-epochs", type=_positive_int, default=40,
+                       help="ART epochs assumed per ART run (data-dependent)")
+        s.add_argument("--table", type=Path, default=None,
+                       help="seconds-per-epoch table (default: benchmarks/epoch_seconds.csv)")
+        s.set_defaults(func=func)
 
     s = sub.add_parser("aggregate", help="collect run folders into comparison tables")
     s.add_argument("--runs", type=Path, default=Path("results/runs"))

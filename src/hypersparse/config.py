@@ -286,6 +286,25 @@ def method_entry(label: str, entry: dict[str, Any] | None) -> tuple[str, dict[st
     return family, entry
 
 
+def gpu_ids(cfg: dict[str, Any]) -> list[str]:
+    """Physical ids of the GPUs training jobs are spread over on this machine: none for
+    ``device: cpu``; ``gpus: auto`` counts the visible CUDA devices; an explicit count takes
+    the first ones of $CUDA_VISIBLE_DEVICES (else 0, 1, ...)."""
+    if cfg["device"] == "cpu":
+        return []
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+               if v.strip()]
+    n = cfg["gpus"]
+    if n == "auto":
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    ids = visible if visible else [str(i) for i in range(n)]
+    if len(ids) < n:
+        ids += [str(i) for i in range(len(ids), n)]
+    return ids[:n]
+
+
 def method_optim(cfg: dict[str, Any], label: str) -> dict[str, Any]:
     """The optimizer settings of a method's runs: the grid's ``optim``, then what the method's
     reference code uses (``Method.optim_defaults``), then ``methods.<label>.optim``."""

@@ -29,7 +29,9 @@ from .data import BatchLoader, dataset_info, load_split
 from .errors import UserError
 from .io import CheckpointError, atomic_torch_save, atomic_write_text, safe_torch_load
 from .models import build_model
+from .progress import hms
 from .spec import COMPILE_MODES, RunSpec
+from .tb import EventWriter
 
 log = logging.getLogger("hypersparse")
 
@@ -46,6 +48,8 @@ HISTORY_COLUMNS = (
     "seconds",
 )
 
+
+PROGRESS_EVERY_S = 60.0  # a progress line in the log this often within an epoch
 
 CHECKPOINT_KEYS = ("spec", "phase", "phase_epoch", "epoch", "model", "optimizer", "scheduler",
                    "hooks", "rng", "done", "history")
@@ -287,6 +291,8 @@ class Trainer:
         self._graph: StepGraph | None = None
         self.graph_stats: dict[str, int] = {"captures": 0, "replays": 0, "eager": 0}
         self._scalars: dict[str, torch.Tensor] = {}
+        self.tb = EventWriter(self.run_dir / "tb")  # TensorBoard scalars per epoch
+        self.progress_every_s = PROGRESS_EVERY_S
         self._loss_sum = torch.zeros((), device=self.device)
         self._correct = torch.zeros((), dtype=torch.long, device=self.device)
         self.optimizer: torch.optim.Optimizer | None = None
@@ -298,6 +304,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.done: dict[str, dict[str, Any]] = {}
         self._segment_start = time.perf_counter()
+        self.started_at = time.time()  # this segment's start (Unix time)
         self._wall_before = 0.0  # seconds of earlier segments of an interrupted run
         self._ckpt: dict[str, Any] | None = self._load_checkpoint()
         if self._ckpt is not None:
@@ -315,6 +322,10 @@ class Trainer:
             t = self._scalars[name] = torch.zeros((), dtype=torch.float32, device=self.device)
         t.fill_(float(value))
         return t
+
+    def log_scalars(self, values: dict[str, float]) -> None:
+        """Extra per-epoch numbers for TensorBoard at the current global epoch (hooks)."""
+        self.tb.scalars(self.epoch, values)
 
     def wall_time(self) -> float:
         """Seconds this run has trained, over every segment of an interrupted run."""
@@ -499,12 +510,18 @@ class Trainer:
             self._use_graph(hooks)
         else:
             self.start_phase(phase, hooks, on_start)
+        self.tb.start(self.epoch)  # a resumed run's later points (before the kill) are dropped
         stopped = False
         while self.phase_epoch < phase.epochs and not stopped:
             row = self._train_epoch(phase, hooks)
             self.phase_epoch += 1
             self.epoch += 1
             self.history.append(row)
+            self.tb.scalars(self.epoch, {
+                "train/loss": row["train_loss"], "train/acc": row["train_acc"],
+                "test/loss": row["test_loss"], "test/acc": row["test_acc"],
+                "lr": row["lr"], "sparsity": row["sparsity"], "epoch_seconds": row["seconds"],
+            })
             stopped = bool(hooks.end_epoch(self, row))
             if self.phase_epoch in phase.snapshots:
                 self.save_snapshot(self.run_dir / phase.snapshots[self.phase_epoch])
@@ -569,6 +586,20 @@ class Trainer:
         hooks.after_iteration(self)
         self.step += 1
 
+    def _report_progress(self, phase: Phase, done: int, n_batches: int, images: int,
+                         t0: float) -> None:
+        """A log line with the epoch's progress and ETAs (logs are not terminals: no bar)."""
+        elapsed = time.perf_counter() - t0
+        per_batch = elapsed / max(done, 1)
+        left_epoch = (n_batches - done) * per_batch
+        left_phase = left_epoch + (phase.epochs - self.phase_epoch - 1) * n_batches * per_batch
+        log.info(
+            "%s epoch %d (%d/%d): batch %d/%d, %.0f img/s, epoch ETA %s, phase ETA %s%s",
+            phase.name, self.epoch, self.phase_epoch + 1, phase.epochs, done, n_batches,
+            images / max(elapsed, 1e-9), hms(left_epoch), hms(left_phase),
+            " (at most: the phase may stop early)" if phase.name == "art" else "",
+        )
+
     def _use_graph(self, hooks: Hooks) -> None:
         """A fresh StepGraph for this phase's optimizer if steps may be captured, else None."""
         self._graph = None
@@ -624,9 +655,14 @@ class Trainer:
                 file=sys.stderr,
             )
             batches = bar
-        for x, y in batches:
+        n_batches = len(self.train_loader)
+        next_report = t0 + self.progress_every_s
+        for i, (x, y) in enumerate(batches, start=1):
             self.train_iteration(x, y, hooks)
             count += y.numel()
+            if bar is None and time.perf_counter() >= next_report:
+                self._report_progress(phase, i, n_batches, count, t0)
+                next_report = time.perf_counter() + self.progress_every_s
         if bar is not None:
             bar.close()
         if self._graph is not None:

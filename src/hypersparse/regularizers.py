@@ -105,6 +105,7 @@ class HyperSparseGradient:
 
     def __init__(self, sync_free: bool | None = None) -> None:
         self.sync_free = sync_free
+        self.last_a_k: Tensor | None = None  # the threshold of the last step (logs)
         self._key: tuple | None = None
         self._hint: float | None = None
         self._margin = _HINT_MARGIN[0]
@@ -182,6 +183,7 @@ class HyperSparseGradient:
         self._prepare(weights)
         k = min(target_zeros(prune_rate, self.n), self.n - 1)
         a_k, l1 = self._threshold(k)
+        self.last_a_k = a_k
         if self.on_cpu and float(a_k) == 0.0:
             return None
         s_t = _scale_from_threshold(a_k)

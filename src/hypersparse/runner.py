@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -365,6 +366,9 @@ def _metrics(
         "epochs": trainer.epoch,
         "epochs_trained": len(hist),
         "wall_time_s": wall,
+        "started_at": trainer.started_at,
+        "finished_at": time.time(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "device": str(trainer.device),
         "compile": trainer.compile_mode,
         "step_mode": trainer.step_mode,

@@ -98,12 +98,58 @@ def all_runs():
     return [f for d in CFG["datasets"] for m in CFG["models"] for f in grid_runs(d, m)]
 
 
+# GPUs of this machine: each training job is pinned to one (CUDA_VISIBLE_DEVICES) and takes
+# one unit of the resource gpu_<i> of its device, of which there are jobs_per_gpu (set below
+# unless given with --resources), so Snakemake itself runs at most that many per GPU.
+GPU_IDS = hsconfig.gpu_ids(CFG)
+for _i in range(len(GPU_IDS)):
+    workflow.global_resources.setdefault(f"gpu_{_i}", CFG["jobs_per_gpu"])
+
+
+def _assign_devices():
+    """Run folder -> GPU index: every training job of the grid, longest first, on the GPU
+    with the least work so far (epochs x seconds per epoch from the cost table)."""
+    from hypersparse.estimate import grid_jobs
+
+    load = [0.0] * len(GPU_IDS)
+    out = {}
+    jobs = grid_jobs(CFG, "gpu", art_epochs=40, strict=False)
+    for j in sorted(jobs, key=lambda j: (-j.epochs * max(j.seconds_per_epoch, 1.0),
+                                         j.dataset, j.model, j.label, j.kappa, j.seed)):
+        d = min(range(len(GPU_IDS)), key=lambda i: (load[i], i))
+        load[d] += j.epochs * max(j.seconds_per_epoch, 1.0)
+        out[hsconfig.run_dir(CFG, j.dataset, j.model, j.label, j.kappa, j.seed)] = d
+    return out
+
+
+DEVICE_OF = _assign_devices() if GPU_IDS else {}
+
+
+def job_device(wc):
+    """GPU index of a training job (None without GPUs)."""
+    run = wc_run_dir(wc, "dense", 0.0) if "method" not in wc.keys() else wc_run_dir(wc)
+    return DEVICE_OF.get(run)
+
+
 def train_resources():
-    return dict(
+    """Memory, runtime and the GPU slot of a training job."""
+    res = dict(
         mem_mb=CFG["resources"]["train_mem_mb"],
         runtime=CFG["resources"]["train_runtime_min"],
-        gpu=CFG["gpu_per_job"],
+        pin=pin_device,  # a resource, not a param: a new GPU layout reruns nothing
     )
+    for i in range(len(GPU_IDS)):
+        res[f"gpu_{i}"] = lambda wc, i=i: int(job_device(wc) == i)
+    return res
+
+
+def pin_device(wc):
+    """CUDA_VISIBLE_DEVICES=<id> for a job run on this machine (a cluster job gets its GPU
+    from the scheduler instead)."""
+    d = job_device(wc)
+    if d is None or workflow.remote_exec:
+        return ""
+    return f"CUDA_VISIBLE_DEVICES={GPU_IDS[d]} "
 
 
 def dense_inputs(wc):

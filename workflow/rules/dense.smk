@@ -11,6 +11,8 @@ rule dense:
         f"{RES}/logs/{{dataset}}/{{model}}/dense/k0/seed{{seed}}.log",
     benchmark:
         f"{RES}/benchmarks/{{dataset}}/{{model}}/dense/k0/seed{{seed}}.tsv"
+    group:
+        "train_dense"
     threads: CFG["threads"]
     resources:
         **train_resources(),
@@ -21,5 +23,5 @@ rule dense:
         spec=lambda wc: spec_json(wc, "dense", 0.0),
         out=lambda wc, output: os.path.dirname(output.metrics),
     shell:
-        "hypersparse train --spec-json {params.spec:q} --out {params.out:q} --threads {threads} "
+        "{resources.pin}hypersparse train --spec-json {params.spec:q} --out {params.out:q} --threads {threads} "
         "--record-failure {params.plugins} > {log} 2>&1"

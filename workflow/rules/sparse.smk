@@ -14,6 +14,8 @@ rule sparse:
         f"{RES}/benchmarks/{{dataset}}/{{model}}/{{method}}/k{{kappa}}/seed{{seed}}.tsv"
     wildcard_constraints:
         method="|".join(NON_ART) or "__none__",
+    group:
+        "train_runs"
     threads: CFG["threads"]
     resources:
         **train_resources(),
@@ -25,7 +27,7 @@ rule sparse:
         out=lambda wc, output: os.path.dirname(output.metrics),
         dense=dense_flag,
     shell:
-        "hypersparse sparsify --spec-json {params.spec:q} --out {params.out:q} {params.dense} "
+        "{resources.pin}hypersparse sparsify --spec-json {params.spec:q} --out {params.out:q} {params.dense} "
         "--threads {threads} --record-failure {params.plugins} > {log} 2>&1"
 
 
@@ -43,6 +45,8 @@ rule art:
         f"{RES}/benchmarks/{{dataset}}/{{model}}/{{method}}/k{{kappa}}/seed{{seed}}.tsv"
     wildcard_constraints:
         method="|".join(ART) or "__none__",
+    group:
+        "train_runs"
     threads: CFG["threads"]
     resources:
         **train_resources(),
@@ -54,5 +58,5 @@ rule art:
         out=lambda wc, output: os.path.dirname(output.metrics),
         dense=dense_flag,
     shell:
-        "hypersparse sparsify --spec-json {params.spec:q} --out {params.out:q} {params.dense} "
+        "{resources.pin}hypersparse sparsify --spec-json {params.spec:q} --out {params.out:q} {params.dense} "
         "--threads {threads} --record-failure {params.plugins} > {log} 2>&1"

@@ -246,6 +246,12 @@ class ArtHooks(Hooks):
         self.pruned = {e: s for e, s in self.pruned.items() if e in keep}
         self.stopped = self.selector.should_stop(float(row["train_acc"]))
         self.last = {"epoch": epoch, "dense_train_acc": float(row["train_acc"])}
+        a_k = self._hs.last_a_k if self._hs is not None else None
+        trainer.log_scalars({
+            "art/alpha": alpha_at(self.p, epoch), "art/pruned_train_acc": float(acc),
+            "art/window_mean": self.selector.window_mean,
+            **({"art/a_k": float(a_k)} if a_k is not None else {}),
+        })
         self.trace.record(
             self.work_dir,
             {
@@ -347,6 +353,13 @@ class AdaptiveRegularizedTraining(Method):
     @classmethod
     def dense_inputs(cls, params: Any) -> list[str]:
         return [f"snapshot_e{params.warmup_epochs}.pt"]
+
+    @classmethod
+    def estimated_epochs(cls, params: Any, dense: dict[str, Any], finetune: dict[str, Any],
+                         kappa: float, art_epochs: int) -> int:
+        """ART epochs (data-dependent: the assumption, at most max_art_epochs) + fine-tuning;
+        the warm-up is the dense run's."""
+        return min(art_epochs, params.max_art_epochs) + int(finetune["epochs"])
 
     @classmethod
     def snapshot_epochs(cls, params: Any) -> list[int]:

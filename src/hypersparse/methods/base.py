@@ -67,6 +67,13 @@ class Method:
             for e in cls.snapshot_epochs(params) if not 0 <= e <= epochs
         ]
 
+    @classmethod
+    def estimated_epochs(cls, params: Any, dense: dict[str, Any], finetune: dict[str, Any],
+                         kappa: float, art_epochs: int) -> int:
+        """Training epochs one run of this method takes (for `hypersparse estimate`); the
+        default is one fine-tuning schedule. ``art_epochs`` is the assumption for ART."""
+        return int(finetune["epochs"])
+
     def run(self, trainer: Trainer, dense_dir: Path | None) -> dict[str, Any]:
         """Train; leave the final model in ``trainer.model``; return extra metrics."""
         raise NotImplementedError

@@ -22,6 +22,11 @@ class Dense(Method):
     exact_sparsity = False
     needs_kappa = False
 
+    @classmethod
+    def estimated_epochs(cls, params: Any, dense: dict[str, Any], finetune: dict[str, Any],
+                         kappa: float, art_epochs: int) -> int:
+        return int(dense["epochs"])
+
     def run(self, trainer: Trainer, dense_dir: Path | None) -> dict[str, Any]:
         d = self.spec.dense
         snaps = {e: f"snapshot_e{e}.pt" for e in self.spec.snapshot_epochs if 0 < e <= d.epochs}

@@ -136,6 +136,13 @@ class LotteryTicket(Method):
             )
         return problems
 
+    @classmethod
+    def estimated_epochs(cls, params: Any, dense: dict[str, Any], finetune: dict[str, Any],
+                         kappa: float, art_epochs: int) -> int:
+        per_round = (int(finetune["epochs"]) if params.round_schedule == "finetune"
+                     else max(int(dense["epochs"]) - params.rewind_epoch, 0))
+        return num_rounds(kappa, params.prune_fraction) * per_round
+
     def round_phase(self, r: int) -> Phase:
         """The training schedule of round ``r`` (1-based)."""
         if self.p.round_schedule == "finetune":

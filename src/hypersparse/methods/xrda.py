@@ -123,6 +123,11 @@ class XRDAMethod(Method):
     needs_kappa = False
     optim_defaults = {"batch_size": 128}  # the authors' scripts
 
+    @classmethod
+    def estimated_epochs(cls, params: Any, dense: dict[str, Any], finetune: dict[str, Any],
+                         kappa: float, art_epochs: int) -> int:
+        return params.epochs
+
     def run(self, trainer: Trainer, dense_dir: Path | None) -> dict[str, Any]:
         res = train_xrda(trainer, self.p)
         keys = ("iterations", "num_zero", "sparsity", "tau", "tau_b", "batch_size")
@@ -144,6 +149,11 @@ class XRDAAtKappa(Method):
     family = "xrda_at_kappa"
     Params = XRDAParams
     optim_defaults = {"batch_size": 128}  # the authors' xRDA scripts (fine-tuning too)
+
+    @classmethod
+    def estimated_epochs(cls, params: Any, dense: dict[str, Any], finetune: dict[str, Any],
+                         kappa: float, art_epochs: int) -> int:
+        return params.epochs + int(finetune["epochs"])
 
     def run(self, trainer: Trainer, dense_dir: Path | None) -> dict[str, Any]:
         res = train_xrda(trainer, self.p)
