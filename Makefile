@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 STAMP  := $(VENV)/.installed
 CORES  ?= all
 
-.PHONY: demo test lint bench gpu-suite report clean-results venv
+.PHONY: demo test lint bench gpu-suite estimate status report clean-results venv
 
 venv: $(STAMP)
 
@@ -35,6 +35,13 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_hs_overhead.py
 	$(BIN)/python benchmarks/bench_data_path.py
 	$(BIN)/python benchmarks/bench_train_step.py
+
+CONFIG ?= config/config.yaml
+estimate: $(STAMP)
+	$(BIN)/hypersparse estimate $(CONFIG)
+
+status: $(STAMP)
+	$(BIN)/hypersparse status $(CONFIG)
 
 gpu-suite:
 	bash benchmarks/gpu_suite.sh

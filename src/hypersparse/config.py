@@ -255,6 +255,14 @@ def _semantic_problems(cfg: dict[str, Any]) -> list[str]:
         except ValueError as exc:
             problems.append(f"config key {'' if label == 'dense' else f'methods.{label} / '}"
                             f"{exc}")
+    from .data import DataError
+    from .data.registry import _check_name
+
+    for name in grid_datasets(cfg):
+        try:
+            _check_name(name)
+        except DataError as exc:
+            problems.append(f"config key subset: {exc}")
     grid = {float(k) for label in cfg["methods"] for k in method_kappas(cfg, label)}
     for key in ("kappa", "hs_kappa"):
         value = cfg["figures"].get(key)
@@ -284,6 +292,16 @@ def method_entry(label: str, entry: dict[str, Any] | None) -> tuple[str, dict[st
     entry.pop("kappas", None)
     entry.pop("optim", None)
     return family, entry
+
+
+def grid_datasets(cfg: dict[str, Any]) -> list[str]:
+    """The data set names the grid runs on: the config's, or their pilot subsets (``subset``:
+    e.g. cifar10-c5-n100), which name run folders and tables of their own."""
+    from .data.subset import variant_name
+
+    sub = cfg.get("subset") or {}
+    return [variant_name(d, sub.get("classes"), sub.get("per_class"), sub.get("image_size"))
+            for d in cfg["datasets"]]
 
 
 def gpu_ids(cfg: dict[str, Any]) -> list[str]:
@@ -387,7 +405,7 @@ def run_spec(
     }
     for key in RUN_GLOBAL_KEYS:
         spec[key] = cfg[key]
-    if dataset != "digits":
+    if dataset.split("-", 1)[0] != "digits":
         spec["image_size"] = None
     return spec
 

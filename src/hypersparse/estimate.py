@@ -64,10 +64,33 @@ def base_dataset(name: str) -> str:
     return name.split("-", 1)[0]
 
 
+TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "tinyimagenet": 100_000, "digits": 1_437}
+NATIVE_CLASSES = {"cifar10": 10, "cifar100": 100, "tinyimagenet": 200, "digits": 10}
+
+
+def subset_scale(dataset: str) -> float:
+    """Cost of an epoch of a pilot subset relative to the full data set (images x pixels)."""
+    from .data.subset import parse
+
+    base, sub = parse(dataset)
+    if sub is None:
+        return 1.0
+    n = TRAIN_IMAGES.get(base, 1)
+    per_class = n / NATIVE_CLASSES.get(base, 1)
+    classes = sub.classes or NATIVE_CLASSES.get(base, 1)
+    images = classes * min(per_class, sub.per_class or per_class)
+    pixels = (sub.size / 64) ** 2 if sub.size else 1.0
+    return images / n * pixels
+
+
 def epoch_seconds(table: dict, model: str, dataset: str, device: str
                   ) -> tuple[float, str]:
     """Seconds per epoch of (model, dataset) on ``device`` ('gpu' or 'cpu'); a model of the
-    same family and the nearest depth stands in (status 'extrapolated') if absent."""
+    same family and the nearest depth stands in (status 'extrapolated') if absent; a pilot
+    subset scales the full data set's figure by its images and pixels (extrapolated)."""
+    if subset_scale(dataset) != 1.0:
+        sec, _ = epoch_seconds(table, model, base_dataset(dataset), device)
+        return sec * subset_scale(dataset), "extrapolated"
     key = (model, base_dataset(dataset), device)
     if key in table:
         return table[key]
@@ -88,13 +111,13 @@ def grid_jobs(cfg: dict[str, Any], device: str = "gpu", table: dict | None = Non
               art_epochs: int = ART_EPOCHS_ASSUMED, strict: bool = True) -> list[JobCost]:
     """Every training job of a validated config with its epochs and seconds per epoch
     (``strict=False``: 0 s and status 'unknown' where the table has no figure)."""
-    from .config import method_entry, method_kappas, sparse_methods
+    from .config import grid_datasets, method_entry, method_kappas, sparse_methods
     from .methods import build_params, get_method
 
     table = read_table() if table is None else table
     jobs: list[JobCost] = []
     sparse = set(sparse_methods(cfg))
-    for dataset in cfg["datasets"]:
+    for dataset in grid_datasets(cfg):
         for model in cfg["models"]:
             try:
                 sec, status = epoch_seconds(table, model, dataset, device)

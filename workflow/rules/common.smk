@@ -1,6 +1,7 @@
 # Config loading and validation, grid enumeration, paths and spec helpers.
 import json
 import os
+import re
 from pathlib import Path
 
 from hypersparse import config as hsconfig
@@ -23,6 +24,7 @@ except hsconfig.ConfigError as _exc:
     raise WorkflowError(str(_exc)) from None
 
 RES = CFG["results_dir"]
+DATASETS = hsconfig.grid_datasets(CFG)  # pilot subsets carry their own names
 RUNS = f"{RES}/runs"
 FIGS = CFG["figures_dir"]
 DATA = CFG["data_root"]
@@ -36,7 +38,7 @@ RUN_FILES = ("metrics.json", "model.pt", "history.csv", "spec.json")
 
 
 wildcard_constraints:
-    dataset="|".join(hsconfig.DATASETS),
+    dataset="|".join(re.escape(d) for d in DATASETS),
     model=r"resnet[0-9]+|vgg[0-9]+",
     kappa=r"[0-9.]+",
     seed=r"[0-9]+",
@@ -69,7 +71,7 @@ def train_data(wc):
 
 def data_files(dataset):
     """The prepared cache of a data set (train/test arrays and meta.json)."""
-    folder = prepared_dir(dataset, DATA, CFG["image_size"] if dataset == "digits" else None)
+    folder = prepared_dir(dataset, DATA, CFG["image_size"] if dataset.startswith("digits") else None)
     return [f"{folder}/{name}" for name in ("train.npz", "test.npz", "meta.json")]
 
 
@@ -95,7 +97,7 @@ def grid_runs(dataset, model, methods=None):
 
 
 def all_runs():
-    return [f for d in CFG["datasets"] for m in CFG["models"] for f in grid_runs(d, m)]
+    return [f for d in DATASETS for m in CFG["models"] for f in grid_runs(d, m)]
 
 
 # GPUs of this machine: each training job is pinned to one (CUDA_VISIBLE_DEVICES) and takes
@@ -218,7 +220,7 @@ def runs_root(metrics_path):
 def all_targets():
     out = list(all_runs())
     out += [f"{RES}/tables/runs.csv", f"{RES}/tables/replication.md"]
-    for d in CFG["datasets"]:
+    for d in DATASETS:
         for m in CFG["models"]:
             out += table_files(d, m)
             for name in FIGURES_PER_GRID + (FIGURES_ART if ART else []):

@@ -295,8 +295,15 @@ def write_table(
     paths = [base.with_name(base.name + ext) for ext in (".csv", ".md", ".tex")]
     agg.to_csv(paths[0], index=False)
 
+    from hypersparse.data.subset import parse as parse_dataset
+
+    base_name, pilot = parse_dataset(dataset)
     title = f"{dataset} / {model}"
     md = [f"# {title}: test accuracy (%) by pruning rate kappa\n"]
+    if pilot is not None:
+        title += f" (pilot subset of {base_name}: {pilot.describe()})"
+        md.append(f"**Pilot subset of {base_name}: {pilot.describe()}. A rehearsal of the "
+                  "protocol, not comparable with the paper's numbers.**\n")
     for metric, desc in METRICS.items():
         md.append(f"## {desc}\n")
         md.append(markdown_table(agg, metric))

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import cifar, digits, tinyimagenet
+from . import cifar, digits, subset, tinyimagenet
 from .common import (
     DataError,
     DatasetInfo,
@@ -26,13 +26,19 @@ DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "tinyimagenet")
 
 
 def _check_name(name: str) -> None:
-    """DataError for an unknown data set name."""
-    if name not in DATASETS:
-        raise DataError(f"unknown data set '{name}' (choose one of {', '.join(DATASETS)})")
+    """DataError for an unknown data set name (a pilot subset name counts by its base)."""
+    base, sub = subset.parse(name)
+    if base not in DATASETS:
+        raise DataError(f"unknown data set '{name}' (choose one of {', '.join(DATASETS)}, "
+                        "optionally with a pilot-subset suffix such as -c5-n100)")
+    if sub is not None:
+        info = dataset_info(base)
+        subset.check(base, sub, info.num_classes, info.image_size)
 
 
 def _check_size(name: str, image_size: int | None) -> None:
     """Only digits can be resized; others accept None or their native size."""
+    name = subset.parse(name)[0]
     native = {"cifar10": 32, "cifar100": 32, "tinyimagenet": 64}
     if name != "digits" and image_size is not None and image_size != native[name]:
         raise DataError(
@@ -49,6 +55,11 @@ def dataset_info(name: str, image_size: int | None = None, seed: int = 0,
     """
     _check_name(name)
     _check_size(name, image_size)
+    base, sub = subset.parse(name)
+    if sub is not None:
+        b = dataset_info(base, image_size, seed, root=root)
+        return DatasetInfo(name, sub.classes or b.num_classes, b.in_channels,
+                           sub.size or b.image_size, b.mean, b.std, pad=b.pad, hflip=b.hflip)
     if name == "digits":
         size = digits.resolve_size(image_size)
         mean, std = _cached_mean_std(name, root, image_size, seed) or digits.mean_std(size, seed)
@@ -77,6 +88,10 @@ def _cached_mean_std(name: str, root: str | Path | None, image_size: int | None,
 
 def _params(name: str, image_size: int | None, seed: int) -> dict[str, Any]:
     """The parameters a cache depends on (recorded in meta.json)."""
+    base, sub = subset.parse(name)
+    if sub is not None:
+        return {**_params(base, image_size, seed),
+                "subset": [sub.classes, sub.per_class, sub.size]}
     if name == "digits":
         return {"image_size": digits.resolve_size(image_size), "split_seed": int(seed),
                 "test_fraction": digits.TEST_FRACTION}
@@ -110,6 +125,14 @@ def prepare_dataset(name: str, root: str | Path, download: bool = True,
     if cache_is_valid(out, name, params):
         return out
     extra: dict[str, Any] = {}
+    base, sub = subset.parse(name)
+    if sub is not None:  # a pilot subset, drawn from the base data set's cache
+        prepare_dataset(base, root, download, image_size, seed)
+        splits = {split: subset.take(load_split(base, root, split, image_size, seed), sub,
+                                     split == "train") for split in ("train", "test")}
+        extra = {"source": f"subset of {base}: {sub.describe()}", "subset_of": base}
+        write_cache(out, info, splits, params, extra)
+        return out
     if name == "digits":
         train, test = digits.build_splits(info.image_size, seed)
         extra["classes"] = [str(i) for i in range(10)]
