@@ -201,7 +201,8 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 
             paths.append(write_job_benchmarks(args.benchmarks, args.out / "job_benchmarks.csv"))
     elif args.dataset and args.model and len(args.dataset) == len(args.model) == 1:
-        paths = write_table(args.runs, args.out, args.dataset[0], args.model[0])
+        paths = write_table(args.runs, args.out, args.dataset[0], args.model[0],
+                            flops=args.flops)
     else:
         paths = write_tables(
             args.runs,
@@ -342,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="with --summary-only: also collect Snakemake's per-job benchmark files from here",
     )
+    s.add_argument("--flops", action="store_true",
+                   help="add tables of training and inference FLOPs (x dense) per cell")
     s.add_argument(
         "--summary-only",
         action="store_true",

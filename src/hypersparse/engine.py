@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import flops as FL
 from . import masks as M
 from .capture import StepGraph, graphable_optimizer, sgd_update_
 from .data import BatchLoader, dataset_info, load_split
@@ -45,6 +46,7 @@ HISTORY_COLUMNS = (
     "test_loss",
     "test_acc",
     "sparsity",
+    "train_gflops",
     "seconds",
 )
 
@@ -303,6 +305,9 @@ class Trainer:
         self.step = 0  # optimizer steps in the current phase
         self.history: list[dict[str, Any]] = []
         self.done: dict[str, dict[str, Any]] = {}
+        self.layer_flops = FL.layer_flops(self.model, self.info.in_channels,
+                                          self.info.image_size)
+        self.train_flops = 0.0  # FLOPs of this run folder's training so far (flops.py)
         self._segment_start = time.perf_counter()
         self.started_at = time.time()  # this segment's start (Unix time)
         self._wall_before = 0.0  # seconds of earlier segments of an interrupted run
@@ -310,6 +315,7 @@ class Trainer:
         if self._ckpt is not None:
             self.done = dict(self._ckpt.get("done", {}))
             self._wall_before = float(self._ckpt.get("wall_time_s", 0.0))
+            self.train_flops = float(self._ckpt.get("train_flops", 0.0))
 
     def scalar(self, name: str, value: float) -> float | torch.Tensor:
         """A per-epoch number a hook's step reads: the float itself when steps run eagerly,
@@ -322,6 +328,11 @@ class Trainer:
             t = self._scalars[name] = torch.zeros((), dtype=torch.float32, device=self.device)
         t.fill_(float(value))
         return t
+
+    def add_flops(self, flops: float) -> None:
+        """Count extra work of a method into the run's training FLOPs (e.g. ART's pruned-copy
+        evaluation on the training set)."""
+        self.train_flops += float(flops)
 
     def log_scalars(self, values: dict[str, float]) -> None:
         """Extra per-epoch numbers for TensorBoard at the current global epoch (hooks)."""
@@ -389,6 +400,7 @@ class Trainer:
             "done": self.done,
             "history": self.history,
             "wall_time_s": self.wall_time(),
+            "train_flops": self.train_flops,
         }
         last, prev = self.ckpt_dir / "last.pt", self.ckpt_dir / "prev.pt"
         if last.exists():
@@ -680,6 +692,9 @@ class Trainer:
             self.scheduler.step()
         test_loss, test_acc = self.evaluate(model, self.test_loader)
         sparsity = _live_sparsity(model)
+        epoch_flops = FL.TRAIN_FACTOR * FL.sparse_flops(self.layer_flops,
+                                                        FL.densities(model)) * count
+        self.train_flops += epoch_flops
         row = {
             "phase": phase.name,
             "epoch": self.epoch,
@@ -690,6 +705,7 @@ class Trainer:
             "test_loss": test_loss,
             "test_acc": test_acc,
             "sparsity": sparsity,
+            "train_gflops": epoch_flops / 1e9,
             "seconds": time.perf_counter() - t0,
         }
         log.info(

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from . import flops as FL
 from . import masks as M
 from .engine import DivergenceError, Trainer
 from .errors import UserError
@@ -334,10 +335,33 @@ def _execute(spec: RunSpec, run_dir: Path, dense_dir: DenseFiles | None, method_
     return metrics
 
 
+def _flops(spec: RunSpec, method_cls: Any, trainer: Trainer, rep: dict[str, Any]
+           ) -> dict[str, float]:
+    """Inference FLOPs per image (sparse and dense) and training FLOPs of the whole run
+    relative to dense training (flops.py)."""
+    dense_fwd = float(sum(trainer.layer_flops.values()))
+    sparse_fwd = FL.sparse_flops(trainer.layer_flops, rep["layer_density"])
+    n_train = trainer.train_loader.num_samples
+    dense_epoch = FL.TRAIN_FACTOR * dense_fwd * n_train
+    params = build_params(spec.family, spec.params, f"methods.{spec.method}")
+    prereq = method_cls.dense_epochs_used(params, spec.dense.epochs) * dense_epoch
+    train = trainer.train_flops + prereq
+    dense_ref = spec.dense.epochs * dense_epoch
+    return {
+        "inference_dense": dense_fwd,
+        "inference": sparse_fwd,
+        "inference_ratio": sparse_fwd / dense_fwd if dense_fwd else 1.0,
+        "train": train,
+        "train_dense": dense_ref,
+        "train_ratio": train / dense_ref if dense_ref else 1.0,
+    }
+
+
 def _metrics(
     spec: RunSpec, method_cls: Any, trainer: Trainer, saved: dict, extra: dict, wall: float
 ) -> dict[str, Any]:
     rep = M.sparsity_report(saved)
+    flop_report = _flops(spec, method_cls, trainer, rep)
     target = M.target_zeros(spec.kappa, rep["num_prunable"]) if method_cls.exact_sparsity else None
     if rep["disconnected_layers"]:
         log.warning(
@@ -374,6 +398,9 @@ def _metrics(
         "step_mode": trainer.step_mode,
         "step_graph": trainer.graph_stats,
         "threads": torch.get_num_threads(),
+        "num_classes": trainer.info.num_classes,
+        "flops": flop_report,
+        "size": FL.size_report(saved),
         "spec": spec.to_dict(),
         "versions": package_versions(),
         "git_commit": git_commit(),

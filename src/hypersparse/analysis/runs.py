@@ -40,7 +40,31 @@ EXTRA_COLUMNS: tuple[str, ...] = (
     "best_epoch",
     "final_train_acc",
     "num_prunable",
+    "spec_key",
+    "emergent",
+    "disconnected_layers",
+    "art_collapsed",
+    "inference_flops_ratio",
+    "train_flops_ratio",
+    "params_nonzero",
+    "bytes_sparse",
 )
+# spec fields that do not change what is trained (where the data lies, which device): runs
+# differing only in these (and in the seed) are seeds of one setting
+NOT_THE_SETTING = ("seed", "data_root", "device")
+CHANCE = {"digits": 10, "cifar10": 10, "cifar100": 100, "tinyimagenet": 200}
+COLLAPSE_FACTOR = 2.0  # "collapsed": dense train accuracy at termination <= 2x chance
+
+
+def spec_key(spec: dict[str, Any] | None) -> str:
+    """Short hash of a run spec without the seed (and data root, device): equal keys mean the
+    same setting, so their runs are seeds of one table cell."""
+    import hashlib
+
+    if not isinstance(spec, dict):
+        return "unknown"
+    rest = {k: v for k, v in spec.items() if k not in NOT_THE_SETTING}
+    return hashlib.sha1(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8]
 
 _KAPPA_RE = re.compile(r"^k(\d+(?:\.\d+)?(?:e-?\d+)?)$")
 _SEED_RE = re.compile(r"^seed(\d+)$")
@@ -137,6 +161,22 @@ def run_record(run_dir: Path) -> dict[str, Any]:
         rec["sparsity_ok"] = None
     rec["method_family"] = m.get("method_family")
     rec["run_dir"] = str(run_dir)
+    rec["spec_key"] = spec_key(m.get("spec"))
+    # emergent sparsity (xRDA): no target, not dense - it belongs to no kappa column
+    rec["emergent"] = bool(ok and m.get("target_zeros") is None
+                           and m.get("method_family") not in (None, "dense"))
+    rec["disconnected_layers"] = len(m.get("disconnected_layers") or []) if ok else 0
+    art = m.get("art") if isinstance(m.get("art"), dict) else {}
+    classes = m.get("num_classes") or CHANCE.get(str(rec["dataset"]).split("-", 1)[0])
+    dense_acc = _num(art.get("dense_train_acc_at_termination"))
+    rec["art_collapsed"] = bool(ok and classes and not math.isnan(dense_acc)
+                                and dense_acc <= COLLAPSE_FACTOR * 100.0 / classes)
+    fl = m.get("flops") if isinstance(m.get("flops"), dict) else {}
+    rec["inference_flops_ratio"] = _num(fl.get("inference_ratio")) if ok else math.nan
+    rec["train_flops_ratio"] = _num(fl.get("train_ratio")) if ok else math.nan
+    size = m.get("size") if isinstance(m.get("size"), dict) else {}
+    rec["params_nonzero"] = _int_or_none(size.get("params_nonzero"))
+    rec["bytes_sparse"] = _int_or_none(size.get("bytes_sparse"))
     return rec
 
 
@@ -150,7 +190,8 @@ def collect_runs(runs_root: Path) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=list(COLUMNS + EXTRA_COLUMNS))
     if df.empty:
         return df
-    for col in ("seed", "target_zeros", "num_zero", "num_prunable", "epochs", "best_epoch"):
+    for col in ("seed", "target_zeros", "num_zero", "num_prunable", "epochs", "best_epoch",
+                "params_nonzero", "bytes_sparse"):
         df[col] = df[col].astype("Int64")
     df["sparsity_ok"] = df["sparsity_ok"].astype("boolean")
     df = df.sort_values(["dataset", "model", "method", "kappa", "seed"], na_position="last")

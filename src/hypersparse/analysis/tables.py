@@ -11,6 +11,12 @@ Aggregation rules (stated once, used everywhere):
   eligible cells exist; ties are all bold.
 - Two variants: final-epoch test accuracy (the headline) and best-epoch test accuracy, which
   is *selected on the test set* (what the authors report) and therefore optimistic.
+- A cell averages seeds of one setting only: runs of the same label whose specs differ (other
+  than in the seed) are a conflict, shown as such and listed, never averaged.
+- Methods with emergent sparsity (xRDA: no kappa target) get a table of their own with the
+  sparsity they reached, never a place in the dense 0% column.
+- Marks § (a layer lost every weight: the network is disconnected) and ¶ (ART's dense model
+  collapsed: its training accuracy at termination was at most twice chance).
 """
 
 from __future__ import annotations
@@ -35,13 +41,25 @@ METRICS: dict[str, str] = {
 GROUP_KEYS = ["dataset", "model", "method", "kappa"]
 MARK_SPARSITY = "†"
 MARK_FAILED = "‡"
+MARK_DISCONNECTED = "§"
+MARK_COLLAPSED = "¶"
+_TEX_MARKS = {MARK_SPARSITY: r"\dagger", MARK_FAILED: r"\ddagger", MARK_DISCONNECTED: r"\S",
+              MARK_COLLAPSED: r"\P"}
 FOOTNOTES = (
     "Cells: mean ± sample standard deviation (ddof=1) over seeds; a value without ± is a "
     "single seed. Empty cell: not run (or not finished).",
     f"{MARK_SPARSITY} at least one run missed its target sparsity (number of zero weights != "
     "floor(kappa * N)); such cells are never bold.",
     f"{MARK_FAILED} some seeds failed; mean over the successful seeds. 'failed': every seed failed.",
+    f"{MARK_DISCONNECTED} a layer lost every weight (the network is disconnected there).",
+    f"{MARK_COLLAPSED} ART's dense model collapsed: its training accuracy at termination was at "
+    "most twice chance. 'conflict': runs of this label with different settings (not averaged; "
+    "listed below).",
 )
+FLOP_METRICS: dict[str, str] = {
+    "train_flops_ratio": "Training FLOPs of the whole run (x dense training)",
+    "inference_flops_ratio": "Inference FLOPs of the final model (x dense)",
+}
 
 
 def default_paper_targets() -> Path | None:
@@ -95,6 +113,15 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
         "best_test_acc_std",
         "sparsity_mean",
         "sparsity_ok_all",
+        "n_specs",
+        "emergent",
+        "disconnected",
+        "art_collapsed",
+        "train_flops_ratio_mean",
+        "train_flops_ratio_std",
+        "inference_flops_ratio_mean",
+        "inference_flops_ratio_std",
+        "conflict_runs",
     ]
     if runs.empty:
         return pd.DataFrame(columns=cols)
@@ -104,6 +131,24 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     for key, g in runs.groupby(GROUP_KEYS, sort=False, dropna=False):
         ok = g[g["status"] == "ok"]
         row = dict(zip(GROUP_KEYS, key, strict=True))
+        keys = g["spec_key"].astype(str) if "spec_key" in g else pd.Series(["?"] * len(g))
+        specs = sorted(set(keys) - {"unknown"})  # a run without a spec conflicts with none
+        row.update(
+            n_specs=max(len(specs), 1),
+            emergent=_any_flag(ok, "emergent"),
+            disconnected=bool((ok.get("disconnected_layers", pd.Series(dtype=float))
+                               .fillna(0) > 0).any()),
+            art_collapsed=_any_flag(ok, "art_collapsed"),
+            train_flops_ratio_mean=_mean(ok.get("train_flops_ratio", pd.Series(dtype=float))),
+            train_flops_ratio_std=_std(ok.get("train_flops_ratio", pd.Series(dtype=float))),
+            inference_flops_ratio_mean=_mean(ok.get("inference_flops_ratio",
+                                                    pd.Series(dtype=float))),
+            inference_flops_ratio_std=_std(ok.get("inference_flops_ratio",
+                                                  pd.Series(dtype=float))),
+            conflict_runs=";".join(f"{k}={d}" for k, d in zip(keys, g["run_dir"].astype(str),
+                                                               strict=True))
+            if len(specs) > 1 else "",
+        )
         row.update(
             n_runs=len(g),
             n_seeds=len(ok),
@@ -125,6 +170,11 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
     return agg.reset_index(drop=True)
 
 
+def _any_flag(rows: pd.DataFrame, col: str) -> bool:
+    """True if any row has ``col`` set (False when the column is absent)."""
+    return bool(rows[col].fillna(False).astype(bool).any()) if col in rows else False
+
+
 def _fmt(x: float, decimals: int = DECIMALS) -> str:
     """A number with a fixed number of decimals."""
     return f"{x:.{decimals}f}"
@@ -134,30 +184,33 @@ def format_cell(row: pd.Series | None, metric: str, *, latex: bool = False) -> s
     """Display text of one aggregated cell (see module docstring for the marks)."""
     if row is None:
         return ""
+    if int(row.get("n_specs", 1) or 1) > 1:
+        return f"conflict ({int(row['n_specs'])} specs)"
     if row["n_seeds"] == 0:
         return "failed" if row["n_failed"] > 0 else ""
     mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
     if _isnan(mean):
         return "n/a"
+    decimals = 3 if metric.endswith("_ratio") else DECIMALS
     pm = r" $\pm$ " if latex else " ± "
-    text = _fmt(mean) + (pm + _fmt(std) if not _isnan(std) else "")
+    text = _fmt(mean, decimals) + (pm + _fmt(std, decimals) if not _isnan(std) else "")
     marks = ""
     if _is_false(row["sparsity_ok_all"]):
         marks += MARK_SPARSITY
     if row["n_failed"] > 0:
         marks += MARK_FAILED
+    if bool(row.get("disconnected", False)):
+        marks += MARK_DISCONNECTED
+    if bool(row.get("art_collapsed", False)):
+        marks += MARK_COLLAPSED
     if marks and latex:
-        marks = (
-            "$^{"
-            + marks.replace(MARK_SPARSITY, r"\dagger").replace(MARK_FAILED, r"\ddagger")
-            + "}$"
-        )
+        marks = "$^{" + "".join(_TEX_MARKS[c] for c in marks) + "}$"
     return text + marks
 
 
 def _eligible_for_bold(row: pd.Series, metric: str) -> bool:
     """A cell competes for bold if it has a number and hit its sparsity target."""
-    if row["n_seeds"] == 0 or _isnan(row[f"{metric}_mean"]):
+    if row["n_seeds"] == 0 or _isnan(row[f"{metric}_mean"]) or int(row.get("n_specs", 1)) > 1:
         return False
     return not _is_false(row["sparsity_ok_all"])
 
@@ -166,6 +219,8 @@ def wide_cells(
     agg: pd.DataFrame, metric: str, *, latex: bool = False
 ) -> tuple[list[str], list[float], list[list[str]], list[list[bool]]]:
     """(methods, kappas, cell texts [method][kappa], bold flags) for one (dataset, model)."""
+    if "emergent" in agg:  # emergent sparsity has a table of its own
+        agg = agg[~agg["emergent"].fillna(False).astype(bool)]
     methods = sort_methods(agg["method"])
     kappas = sorted(set(float(k) for k in agg["kappa"]))
     lookup = {(r["method"], float(r["kappa"])): r for _, r in agg.iterrows()}
@@ -243,10 +298,8 @@ def latex_table(agg: pd.DataFrame, metric: str, *, caption: str, label: str) -> 
     if not methods:
         lines.append(r"\multicolumn{1}{l}{No finished runs.} \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
-    notes = [
-        FOOTNOTES[0],
-        FOOTNOTES[1].replace(MARK_SPARSITY, "$^\\dagger$"),
-        FOOTNOTES[2].replace(MARK_FAILED, "$^\\ddagger$"),
+    notes = [FOOTNOTES[0]] + [
+        note.replace(note[0], f"$^{_TEX_MARKS[note[0]]}$", 1) for note in FOOTNOTES[1:]
     ]
     lines.append(r"\par\smallskip{\footnotesize " + " ".join(_tex_note(n) for n in notes) + "}")
     lines.append(r"\end{table}")
@@ -277,6 +330,36 @@ def write_runs_csv(runs: pd.DataFrame, out_dir: Path) -> Path:
     return path
 
 
+def emergent_markdown(agg: pd.DataFrame) -> str:
+    """The methods without a kappa target (xRDA), at the sparsity they reached."""
+    rows = agg[agg["emergent"].fillna(False).astype(bool)] if "emergent" in agg else agg[:0]
+    if rows.empty:
+        return ""
+    lines = ["## Emergent sparsity (no kappa target): accuracy at the sparsity reached\n",
+             "| Method | sparsity (%) | final-epoch acc (%) | best-epoch acc (%), test-selected |",
+             "|:--|--:|--:|--:|"]
+    for _, r in rows.iterrows():
+        lines.append(f"| {method_label(r['method'])} | {100 * r['sparsity_mean']:.2f} | "
+                     f"{format_cell(r, 'final_test_acc')} | {format_cell(r, 'best_test_acc')} |")
+    return "\n".join(lines) + "\n"
+
+
+def conflicts_markdown(agg: pd.DataFrame) -> str:
+    """Cells whose runs have different settings, with their run folders."""
+    rows = agg[agg["n_specs"].fillna(1).astype(int) > 1] if "n_specs" in agg else agg[:0]
+    if rows.empty:
+        return ""
+    lines = ["## Conflicting runs (one label, different settings: not averaged)\n"]
+    for _, r in rows.iterrows():
+        by_spec: dict[str, list[str]] = {}
+        for item in str(r["conflict_runs"]).split(";"):
+            key, _, folder = item.partition("=")
+            by_spec.setdefault(key, []).append(folder)
+        lines.append(f"- {method_label(r['method'])} at {kappa_percent(r['kappa'])}: " + "; ".join(
+            f"setting {k}: " + ", ".join(f"`{d}`" for d in ds) for k, ds in by_spec.items()))
+    return "\n".join(lines) + "\n"
+
+
 def write_table(
     runs_root: Path,
     out_dir: Path,
@@ -284,6 +367,7 @@ def write_table(
     model: str,
     *,
     runs: pd.DataFrame | None = None,
+    flops: bool = False,
 ) -> list[Path]:
     """Write {dataset}_{model}.csv/.md/.tex (always, even with no runs: then a note)."""
     runs = collect_runs(runs_root) if runs is None else runs
@@ -304,9 +388,13 @@ def write_table(
         title += f" (pilot subset of {base_name}: {pilot.describe()})"
         md.append(f"**Pilot subset of {base_name}: {pilot.describe()}. A rehearsal of the "
                   "protocol, not comparable with the paper's numbers.**\n")
-    for metric, desc in METRICS.items():
+    shown = {**METRICS, **(FLOP_METRICS if flops else {})}
+    for metric, desc in shown.items():
         md.append(f"## {desc}\n")
         md.append(markdown_table(agg, metric))
+    for extra in (emergent_markdown(agg), conflicts_markdown(agg)):
+        if extra:
+            md.append(extra)
     md.append(f"Seeds per cell: {_seed_range(agg)}.\n")
     md += [f"- {n}" for n in FOOTNOTES]
     paths[1].write_text("\n".join(md) + "\n", encoding="utf-8")
@@ -315,7 +403,7 @@ def write_table(
         f"% {title}: generated by hypersparse.analysis.tables from run folders; "
         "needs \\usepackage{booktabs}.",
     ]
-    for metric, desc in METRICS.items():
+    for metric, desc in shown.items():
         tex.append(
             latex_table(
                 agg,

@@ -33,6 +33,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from .. import flops as FL
 from .. import masks as M
 from ..engine import Hooks, Phase, Trainer
 from ..io import load_state_dict_checked
@@ -235,7 +236,10 @@ class ArtHooks(Hooks):
         masks = M.model_masks_by_magnitude(model, self.kappa)
         pruned = copy.deepcopy(model)
         M.apply_masks(pruned, masks)
-        _, acc = trainer.evaluate(pruned, self._eval_loader(trainer), epoch=epoch)
+        loader = self._eval_loader(trainer)
+        _, acc = trainer.evaluate(pruned, loader, epoch=epoch)
+        kept = {k: float(m.float().mean()) for k, m in masks.items()}
+        trainer.add_flops(FL.sparse_flops(trainer.layer_flops, kept) * loader.num_samples)
         cand = self.selector.push(epoch, acc)
         self.pruned[epoch] = {
             "model": {k: v.detach().to("cpu", copy=True) for k, v in pruned.state_dict().items()},
@@ -353,6 +357,10 @@ class AdaptiveRegularizedTraining(Method):
     @classmethod
     def dense_inputs(cls, params: Any) -> list[str]:
         return [f"snapshot_e{params.warmup_epochs}.pt"]
+
+    @classmethod
+    def dense_epochs_used(cls, params: Any, dense_epochs: int) -> int:
+        return params.warmup_epochs  # ART starts from the warm-up snapshot
 
     @classmethod
     def estimated_epochs(cls, params: Any, dense: dict[str, Any], finetune: dict[str, Any],

@@ -68,6 +68,12 @@ class Method:
         ]
 
     @classmethod
+    def dense_epochs_used(cls, params: Any, dense_epochs: int) -> int:
+        """Epochs of the dense run this method's result builds on (counted into its training
+        FLOPs): all of them for methods that prune the trained dense model."""
+        return dense_epochs if cls.dense_inputs(params) else 0
+
+    @classmethod
     def estimated_epochs(cls, params: Any, dense: dict[str, Any], finetune: dict[str, Any],
                          kappa: float, art_epochs: int) -> int:
         """Training epochs one run of this method takes (for `hypersparse estimate`); the
