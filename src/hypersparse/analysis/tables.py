@@ -161,6 +161,10 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
             sparsity_mean=_mean(ok["sparsity"]),
             sparsity_ok_all=_sparsity_ok_all(ok["sparsity_ok"]),
         )
+        if len(specs) > 1:  # different settings: reported, never averaged
+            for k in list(row):
+                if k.endswith(("_mean", "_std")):
+                    row[k] = math.nan
         out.append(row)
     agg = pd.DataFrame(out, columns=cols)
     agg["sparsity_ok_all"] = agg["sparsity_ok_all"].astype("boolean")
