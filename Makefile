@@ -22,10 +22,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/snakefmt --check workflow
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/snakefmt --check workflow
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
 
 report: $(STAMP)

@@ -245,6 +245,19 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """A finished run's model as ONNX and/or a sparse state dict."""
+    from .export import export_onnx, export_sparse_state
+
+    if not (args.onnx or args.sparse):
+        raise ValueError("give --onnx FILE and/or --sparse FILE")
+    if args.onnx:
+        print(export_onnx(args.run, args.onnx))
+    if args.sparse:
+        print(export_sparse_state(args.run, args.sparse))
+    return 0
+
+
 def _grid_parallel(cfg: dict[str, Any], parallel: int | None) -> int:
     """Runs at once: --parallel, else the config's GPUs x jobs_per_gpu (1 GPU if none seen)."""
     if parallel:
@@ -331,6 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--table", type=Path, default=None,
                        help="seconds-per-epoch table (default: benchmarks/epoch_seconds.csv)")
         s.set_defaults(func=func)
+
+    s = sub.add_parser("export", help="a finished run's model as ONNX / a sparse state dict")
+    s.add_argument("run", type=Path, help="the run folder (results/runs/.../seed0)")
+    s.add_argument("--onnx", type=Path, help="write the model as ONNX here")
+    s.add_argument("--sparse", type=Path, help="write the state dict with sparse weights here")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("aggregate", help="collect run folders into comparison tables")
     s.add_argument("--runs", type=Path, default=Path("results/runs"))

@@ -328,6 +328,10 @@ def _execute(spec: RunSpec, run_dir: Path, dense_dir: DenseFiles | None, method_
     model_path = run_dir / "model.pt"
     atomic_torch_save(model_path, {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()})
     saved = safe_torch_load(model_path)
+    if spec.family != "dense":  # a pruned run also leaves its mask in a safe format
+        from .export import write_mask
+
+        write_mask(run_dir, saved)
     metrics = _metrics(spec, method_cls, trainer, saved, extra, trainer.wall_time())
     shutil.rmtree(trainer.ckpt_dir, ignore_errors=True)
     atomic_write_json(run_dir / "metrics.json", metrics)  # last: marks the run finished

@@ -2,7 +2,19 @@
 import json
 import os
 import re
+import sys
 from pathlib import Path
+
+# Jobs run `python -m hypersparse` with this checkout's src/ on PYTHONPATH: they work in the
+# project's venv and in a conda environment built from environment.yml (`--sdm conda`), which
+# holds the dependencies but not the package itself. Set before the imports below, so that
+# they also come from this checkout.
+SRC = str(Path(workflow.basedir).parent / "src")
+_paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+if SRC not in _paths:
+    os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, *_paths) if p))
+if SRC not in sys.path:
+    sys.path.insert(0, SRC)
 
 from hypersparse import config as hsconfig
 from hypersparse import preflight
@@ -13,12 +25,16 @@ from hypersparse.runner import FINAL_DIR, finished
 # lists), --config overrides top-level keys of whichever file is used.
 try:
     if not workflow.overwrite_configfiles:
-        _base = hsconfig.read_yaml(Path(workflow.basedir).parent / "config" / "config.yaml")
+        _base = hsconfig.read_yaml(
+            Path(workflow.basedir).parent / "config" / "config.yaml"
+        )
         _base.update(config)
         config.clear()
         config.update(_base)
     for _file in workflow.overwrite_configfiles or []:
-        hsconfig.read_yaml(_file)  # Snakemake's own loader lets a duplicate key win silently
+        hsconfig.read_yaml(
+            _file
+        )  # Snakemake's own loader lets a duplicate key win silently
     CFG = hsconfig.validate_config(config)
 except hsconfig.ConfigError as _exc:
     raise WorkflowError(str(_exc)) from None
@@ -30,7 +46,9 @@ FIGS = CFG["figures_dir"]
 DATA = CFG["data_root"]
 SPARSE = hsconfig.sparse_methods(CFG)
 KAPPA_FREE = hsconfig.kappa_free_methods(CFG)
-ART = [m for m in CFG["methods"] if hsconfig.method_entry(m, CFG["methods"][m])[0] == "art"]
+ART = [
+    m for m in CFG["methods"] if hsconfig.method_entry(m, CFG["methods"][m])[0] == "art"
+]
 NON_ART = [m for m in SPARSE + KAPPA_FREE if m not in ART]
 SNAPSHOTS = hsconfig.snapshot_epochs(CFG)
 RUN = f"{RUNS}/{{dataset}}/{{model}}/{{method}}/k{{kappa}}/seed{{seed}}"
@@ -58,7 +76,12 @@ def is_finished(run_dir):
 def wc_run_dir(wc, method=None, kappa=None):
     """The run folder of a training job's wildcards."""
     return hsconfig.run_dir(
-        CFG, wc.dataset, wc.model, method or wc.method, wc.kappa if kappa is None else kappa, wc.seed
+        CFG,
+        wc.dataset,
+        wc.model,
+        method or wc.method,
+        wc.kappa if kappa is None else kappa,
+        wc.seed,
     )
 
 
@@ -71,7 +94,9 @@ def train_data(wc):
 
 def data_files(dataset):
     """The prepared cache of a data set (train/test arrays and meta.json)."""
-    folder = prepared_dir(dataset, DATA, CFG["image_size"] if dataset.startswith("digits") else None)
+    folder = prepared_dir(
+        dataset, DATA, CFG["image_size"] if dataset.startswith("digits") else None
+    )
     return [f"{folder}/{name}" for name in ("train.npz", "test.npz", "meta.json")]
 
 
@@ -80,7 +105,8 @@ def spec_json(wc, method=None, kappa=None):
     method = method or wc.method
     kappa = float(wc.kappa if kappa is None else kappa)
     return json.dumps(
-        hsconfig.run_spec(CFG, wc.dataset, wc.model, method, kappa, int(wc.seed)), sort_keys=True
+        hsconfig.run_spec(CFG, wc.dataset, wc.model, method, kappa, int(wc.seed)),
+        sort_keys=True,
     )
 
 
@@ -88,7 +114,9 @@ def grid_runs(dataset, model, methods=None):
     """metrics.json of every run of one (data set, model) in the grid."""
     cells = [("dense", 0.0)]
     for m in methods if methods is not None else SPARSE + KAPPA_FREE:
-        cells += [(m, k) for k in (hsconfig.method_kappas(CFG, m) if m in SPARSE else [0.0])]
+        cells += [
+            (m, k) for k in (hsconfig.method_kappas(CFG, m) if m in SPARSE else [0.0])
+        ]
     return [
         f"{hsconfig.run_dir(CFG, dataset, model, m, k, s)}/metrics.json"
         for m, k in cells
@@ -116,8 +144,17 @@ def _assign_devices():
     load = [0.0] * len(GPU_IDS)
     out = {}
     jobs = grid_jobs(CFG, "gpu", art_epochs=40, strict=False)
-    for j in sorted(jobs, key=lambda j: (-j.epochs * max(j.seconds_per_epoch, 1.0),
-                                         j.dataset, j.model, j.label, j.kappa, j.seed)):
+    for j in sorted(
+        jobs,
+        key=lambda j: (
+            -j.epochs * max(j.seconds_per_epoch, 1.0),
+            j.dataset,
+            j.model,
+            j.label,
+            j.kappa,
+            j.seed,
+        ),
+    ):
         d = min(range(len(GPU_IDS)), key=lambda i: (load[i], i))
         load[d] += j.epochs * max(j.seconds_per_epoch, 1.0)
         out[hsconfig.run_dir(CFG, j.dataset, j.model, j.label, j.kappa, j.seed)] = d
@@ -189,9 +226,12 @@ def preflight_checks():
     except preflight.PreflightError as exc:
         raise WorkflowError(str(exc)) from None
     if problems:
-        shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])
+        shown = problems[:10] + (
+            [f"... and {len(problems) - 10} more"] if len(problems) > 10 else []
+        )
         raise WorkflowError(
-            "the workflow did not start; nothing was run or deleted:\n  " + "\n  ".join(shown)
+            "the workflow did not start; nothing was run or deleted:\n  "
+            + "\n  ".join(shown)
         )
 
 
@@ -233,7 +273,11 @@ def figure_kappa_flag(figure):
     if figure == "acc_vs_sparsity":  # spans every kappa
         return ""
     opts = CFG["figures"]
-    kappa = opts["hs_kappa"] if figure in FIGURES_ART and opts["hs_kappa"] is not None else opts["kappa"]
+    kappa = (
+        opts["hs_kappa"]
+        if figure in FIGURES_ART and opts["hs_kappa"] is not None
+        else opts["kappa"]
+    )
     return "" if kappa is None else f"--kappa {kappa}"
 
 
@@ -242,7 +286,10 @@ def figure_method_flags(figure):
     if figure not in FIGURES_ART:
         return ""
     regs = ("hs", "l1", "l2")
-    by_reg = sorted(ART, key=lambda m: regs.index((CFG["methods"][m] or {}).get("regularizer", "hs")))
+    by_reg = sorted(
+        ART,
+        key=lambda m: regs.index((CFG["methods"][m] or {}).get("regularizer", "hs")),
+    )
     if figure == "hs_gradient":
         return f"--method {by_reg[0]}"
     return f"--methods {','.join(by_reg)}"

@@ -16,8 +16,12 @@ rule prepare_data:
         "../../environment.yml"
     params:
         root=lambda wc, output: str(Path(output[0]).parents[2]),
-        size=lambda wc: f"--image-size {CFG['image_size']}" if wc.dataset.startswith("digits") else "",
+        size=lambda wc: (
+            f"--image-size {CFG['image_size']}"
+            if wc.dataset.startswith("digits")
+            else ""
+        ),
         download="" if CFG["download"] else "--no-download",
     shell:
-        "hypersparse prepare --dataset {wildcards.dataset} --root {params.root:q} {params.size} "
+        "python -m hypersparse prepare --dataset {wildcards.dataset} --root {params.root:q} {params.size} "
         "{params.download} > {log} 2>&1"

@@ -16,18 +16,18 @@ rule sparse:
         method="|".join(NON_ART) or "__none__",
     group:
         "train_runs"
+    conda:
+        "../../environment.yml"
     threads: CFG["threads"]
     resources:
         **train_resources(),
-    conda:
-        "../../environment.yml"
     params:
         plugins=job_flags(),
         spec=spec_json,
         out=lambda wc, output: os.path.dirname(output.metrics),
         dense=dense_flag,
     shell:
-        "{resources.pin}hypersparse sparsify --spec-json {params.spec:q} --out {params.out:q} {params.dense} "
+        "{resources.pin}python -m hypersparse sparsify --spec-json {params.spec:q} --out {params.out:q} {params.dense} "
         "--threads {threads} --record-failure {params.plugins} > {log} 2>&1"
 
 
@@ -47,16 +47,16 @@ rule art:
         method="|".join(ART) or "__none__",
     group:
         "train_runs"
+    conda:
+        "../../environment.yml"
     threads: CFG["threads"]
     resources:
         **train_resources(),
-    conda:
-        "../../environment.yml"
     params:
         plugins=job_flags(),
         spec=spec_json,
         out=lambda wc, output: os.path.dirname(output.metrics),
         dense=dense_flag,
     shell:
-        "{resources.pin}hypersparse sparsify --spec-json {params.spec:q} --out {params.out:q} {params.dense} "
+        "{resources.pin}python -m hypersparse sparsify --spec-json {params.spec:q} --out {params.out:q} {params.dense} "
         "--threads {threads} --record-failure {params.plugins} > {log} 2>&1"
