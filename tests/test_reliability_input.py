@@ -89,16 +89,12 @@ def test_bad_config_is_refused_by_the_workflow(tmp_path, change, keys):
     [
         (["train", "--kappa", "1.0"], ["kappa must be in [0, 1)", "1.0"]),
         (["train", "--kappa", "-0.5"], ["kappa must be in [0, 1)"]),
-        (["train", "--model", "resnet33"], ["resnet33"]),
-        (["train", "--model", "vgg17"], ["vgg17"]),
-        (["train", "--dataset", "imagenet"], ["unknown data set 'imagenet'", "cifar10"]),
         (["train", "--set", "lambda_init"], ["--set", "KEY=VALUE"]),
         (["sparsify", "--method", "magic"], ["unknown method 'magic'", "known methods"]),
         (["sparsify", "--method", "omp", "--set", "bogus=1"], ["bogus", "allowed"]),
         (["sparsify", "--method", "art", "--set", "lambda_init=-1"], ["lambda_init"]),
         (["sparsify", "--method", "art", "--set", "warmup_epochs=two"],
          ["warmup_epochs", "integer"]),
-        (["sparsify", "--method", "omp", "--model", "resnet33", "--init", "x.pt"], ["resnet33"]),
     ],
 )
 def test_bad_run_arguments_are_refused(digits_root, tmp_path, capsys, extra, needles):
@@ -116,6 +112,22 @@ def test_bad_spec_json_is_refused(digits_root, tmp_path, capsys):
     refused(capsys, ["train", "--spec-json", json.dumps(spec), "--out", str(out)],
             "unknown run-spec keys: optimizer")
     refused(capsys, ["train", "--spec-json", "{not json", "--out", str(out)], "Expecting")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--model", "resnet33"], "resnet33"),
+    (["--model", "vgg17"], "vgg17"),
+    (["--dataset", "imagenet"], "unknown data set 'imagenet'"),
+])
+def test_bad_names_are_refused_by_argparse_in_one_line(digits_root, tmp_path, capsys, extra,
+                                                       needle):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        main(["train", *digits_args(digits_root, out), *extra])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert exc.value.code == 2 and len(err) == 1 and needle in err[0], err
+    assert err[0].startswith("hypersparse train: error: argument")
     assert not out.exists()
 
 

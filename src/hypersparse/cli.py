@@ -7,13 +7,50 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
+from . import __version__
 from .spec import COMPILE_MODES
 
 log = logging.getLogger("hypersparse")
+
+# the figures `hypersparse plot` draws (analysis.figures.FIGURES; a test keeps them equal)
+FIGURE_NAMES = ("acc_vs_sparsity", "acc_vs_flops", "hs_gradient", "exploration",
+                "art_termination", "layer_density", "kernel_patterns", "magnitudes")
+DATASET_NAMES = ("digits", "cifar10", "cifar100", "tinyimagenet")
+
+
+def _dataset(text: str) -> str:
+    """argparse type: a data set name, or its pilot subset (cifar10-c5-n100)."""
+    if text.split("-", 1)[0] not in DATASET_NAMES:
+        raise argparse.ArgumentTypeError(
+            f"unknown data set {text!r}: choose from {', '.join(DATASET_NAMES)} (a pilot "
+            "subset adds e.g. -c5-n100)")
+    return text
+
+
+def _model(text: str) -> str:
+    """argparse type: resnet<6n+2> or vgg11/13/16/19."""
+    from .models import parse_model_name
+
+    try:
+        parse_model_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows every option's default."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are one line (`hypersparse train: error: ...`; --help has the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _positive_int(text: str) -> int:
@@ -29,8 +66,9 @@ def _positive_int(text: str) -> int:
 
 def _add_spec_args(p: argparse.ArgumentParser, method_default: str | None) -> None:
     p.add_argument("--spec-json", help="the full run spec as JSON (what the workflow passes)")
-    p.add_argument("--dataset", help="digits | cifar10 | cifar100 | tinyimagenet")
-    p.add_argument("--model", help="resnet<6n+2> (e.g. resnet32) | vgg11/13/16/19")
+    p.add_argument("--dataset", type=_dataset,
+                   help="digits | cifar10 | cifar100 | tinyimagenet (or a pilot subset)")
+    p.add_argument("--model", type=_model, help="resnet<6n+2> (e.g. resnet32) | vgg11/13/16/19")
     p.add_argument("--method", default=method_default, help="method family, e.g. omp, art")
     p.add_argument("--label", help="run label (default: the method name)")
     p.add_argument("--kappa", type=float, default=0.0, help="pruning rate in [0, 1)")
@@ -39,6 +77,8 @@ def _add_spec_args(p: argparse.ArgumentParser, method_default: str | None) -> No
     p.add_argument("--image-size", type=int, default=None, help="digits only (px)")
     p.add_argument("--data-root", default="results/data")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="fp32, or bf16 autocast on CUDA")
     p.add_argument("--epochs", type=_positive_int, help="dense schedule length (epochs)")
     p.add_argument("--finetune-epochs", type=_positive_int,
                    help="sparse/fine-tune schedule length (epochs)")
@@ -115,6 +155,7 @@ def _spec_from_args(args: argparse.Namespace) -> Any:
         "image_size": args.image_size,
         "data_root": args.data_root,
         "device": args.device,
+        "precision": args.precision,
         "params": params,
         "optim": dict(get_method(args.method).optim_defaults),
     }
@@ -298,15 +339,27 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with all subcommands."""
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="hypersparse",
         description="HyperSparse / ART replication: data, training, sparsification, analysis.",
+        formatter_class=_Help,
     )
+    p.add_argument("--version", action="version", version=f"hypersparse {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    add_parser = sub.add_parser
+
+    def sub_parser(*args: Any, **kwargs: Any) -> argparse.ArgumentParser:
+        """A subcommand: defaults in its --help, -v accepted after the subcommand too."""
+        s = add_parser(*args, formatter_class=_Help, **kwargs)
+        s.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="debug logging")
+        return s
+
+    sub.add_parser = sub_parser  # type: ignore[method-assign]
 
     s = sub.add_parser("prepare", help="download, verify and cache a data set")
-    s.add_argument("--dataset", required=True)
+    s.add_argument("--dataset", required=True, type=_dataset)
     s.add_argument("--root", default="results/data", type=Path)
     s.add_argument("--image-size", type=int, default=None, help="digits only (px)")
     s.add_argument("--no-download", action="store_true", help="never touch the network")
@@ -355,8 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--runs", type=Path, default=Path("results/runs"))
     s.add_argument("--out", type=Path, default=Path("results/tables"))
     s.add_argument("--paper-targets", type=Path, default=None)
-    s.add_argument("--dataset", action="append", help="restrict to these data sets (repeatable)")
-    s.add_argument("--model", action="append", help="restrict to these models (repeatable)")
+    s.add_argument("--dataset", action="append", type=_dataset,
+                   help="restrict to these data sets (repeatable)")
+    s.add_argument("--model", action="append", type=_model,
+                   help="restrict to these models (repeatable)")
     s.add_argument(
         "--benchmarks",
         type=Path,
@@ -372,11 +427,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_aggregate)
 
     s = sub.add_parser("plot", help="render one figure from run folders")
-    s.add_argument("figure", help="figure name (see README, Figures)")
+    s.add_argument("figure", choices=FIGURE_NAMES, help="which figure (see README, Figures)")
     s.add_argument("--runs", type=Path, default=Path("results/runs"))
     s.add_argument("--out", type=Path, required=True, help="output path without extension")
-    s.add_argument("--dataset")
-    s.add_argument("--model")
+    s.add_argument("--dataset", type=_dataset)
+    s.add_argument("--model", type=_model)
     s.add_argument("--kappa", type=float)
     s.add_argument("--seed", type=int)
     s.add_argument("--method", help="the run label to plot (hs_gradient; default art_hs)")
