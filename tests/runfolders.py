@@ -132,6 +132,7 @@ def _write_art_trace(
     n_art: int,
     method: str,
     seed: int,
+    with_top: bool = True,
 ) -> dict[str, Any]:
     """art_trace.csv + art_trace.npz for an ART run; returns the metrics 'art' block."""
     gen = np.random.default_rng(_seed_of(method, seed, kappa))
@@ -171,6 +172,14 @@ def _write_art_trace(
     final = np.where(mq < kappa, 0.0, term * 1.1)
     selected = int(candidate[-1])
     terminated = int(epochs[-1])
+    tq = kappa + (1.0 - kappa) * np.linspace(0.0, 1.0, 64)
+    top_before = -np.log1p(-0.999 * tq) * 0.01
+    top = {} if not with_top else {
+        "top_quantiles": tq,
+        "magnitudes_top_before": top_before,
+        "magnitudes_top_termination": top_before * 2.5,
+        "magnitudes_top_final": top_before * 2.75,
+    }
     np.savez(
         run_dir / "art_trace.npz",
         epochs=epochs,
@@ -186,6 +195,7 @@ def _write_art_trace(
         kappa=np.float64(kappa),
         selected_epoch=np.int64(selected),
         terminated_epoch=np.int64(terminated),
+        **top,
     )
     return {
         "epochs_used": n_art,
@@ -216,6 +226,8 @@ def make_run(
     width: float = 0.25,
     num_classes: int = 10,
     with_model: bool = True,
+    with_top: bool = True,
+    with_flops: bool = True,
 ) -> Path:
     """Write one complete run folder and return it (``status='failed'``: a failed run)."""
     d = run_dir_for(root, dataset, model, method, kappa, seed)
@@ -258,7 +270,7 @@ def make_run(
     art_block = None
     if family == "art":
         phases = [("dense", warmup), ("art", n_art), ("finetune", finetune)]
-        art_block = _write_art_trace(d, state, kappa, warmup, n_art, method, seed)
+        art_block = _write_art_trace(d, state, kappa, warmup, n_art, method, seed, with_top)
     elif method == "dense":
         phases = [("dense", warmup + finetune)]
     else:
@@ -295,6 +307,20 @@ def make_run(
     }
     if art_block is not None:
         metrics["art"] = art_block
+    if with_flops:  # per phase: dense epochs at density 1, fine-tuning at the final density
+        density = 1.0 - rep["sparsity"]
+        dense_ref = warmup + finetune
+        train = sum(n * (density if ph == "finetune" else 1.0) for ph, n in phases)
+        if method not in ("dense",) and family != "art":
+            train += dense_ref  # pruning after a whole dense run
+        metrics["flops"] = {
+            "inference_dense": 1.0e6,
+            "inference": 1.0e6 * density,
+            "inference_ratio": density,
+            "train": 3.0e6 * train,
+            "train_dense": 3.0e6 * dense_ref,
+            "train_ratio": train / dense_ref,
+        }
     (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return d
 

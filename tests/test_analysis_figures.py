@@ -130,3 +130,90 @@ def test_kernel_stats_and_stages() -> None:
         ]
     )
     assert list(vgg) == ["8 ch", "16 ch"] and len(vgg["8 ch"]) == 2
+
+
+def _drawn(monkeypatch: pytest.MonkeyPatch, name: str, root: Path, out: Path, **opts):
+    """The matplotlib figure ``name`` draws (captured before it is saved and closed)."""
+    import matplotlib.pyplot as plt
+
+    seen = []
+    real = style.save_figure
+
+    def keep(fig, base):
+        seen.append(fig)
+        fig.canvas.draw()
+        return real(fig, base)
+
+    monkeypatch.setattr(style, "save_figure", keep)
+    _check_outputs(plot_figure(name, root, out, **opts), out)
+    assert len(seen) == 1
+    plt.close("all")
+    return seen[0]
+
+
+def _legend_texts(fig) -> list[str]:
+    return [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+
+
+def test_acc_vs_sparsity_marks_missed_targets_and_places_emergent_runs(monkeypatch, tmp_path):
+    import json
+
+    root = tmp_path / "runs"
+    make_run(root, method="dense", kappa=0.0, final_test_acc=94.0)
+    make_run(root, method="omp", kappa=0.9, final_test_acc=90.0, sparsity_miss=2)
+    make_run(root, method="art_hs", kappa=0.9, final_test_acc=91.0)
+    x = make_run(root, method="xrda", kappa=0.9, final_test_acc=88.0)
+    m = json.loads((x / "metrics.json").read_text())
+    m.update(target_zeros=None, sparsity_ok=None)  # xRDA: sparsity emerges, no target
+    (x / "metrics.json").write_text(json.dumps(m))
+    fig = _drawn(monkeypatch, "acc_vs_sparsity", root, tmp_path / "a")
+    labels = _legend_texts(fig)
+    assert "missed target sparsity (†)" in labels
+    assert any(lab.endswith("(emergent sparsity)") for lab in labels)
+    ax = fig.axes[0]
+    # the two methods at kappa 0.9 are dodged apart, both near x = 0.1
+    xs = sorted(float(line.get_xdata()[0]) for line in ax.lines
+                if len(line.get_xdata()) == 1 and line.get_marker() not in ("None", "o"))
+    assert len(xs) >= 2 and xs[0] < xs[-1] and all(0.09 < v < 0.11 for v in xs)
+
+
+def test_acc_vs_flops_puts_dense_at_one_and_pruning_after_dense_above(monkeypatch, tmp_path):
+    root = tmp_path / "runs"
+    make_run(root, method="dense", kappa=0.0, final_test_acc=94.0)
+    make_run(root, method="omp", kappa=0.9, final_test_acc=90.0)
+    make_run(root, method="snip", kappa=0.9, final_test_acc=85.0, with_flops=False)
+    fig = _drawn(monkeypatch, "acc_vs_flops", root, tmp_path / "f")
+    ax = fig.axes[0]
+    labels = _legend_texts(fig)
+    assert style.method_label("omp") in labels
+    assert style.method_label("snip") not in labels  # a run without FLOPs counts is not drawn
+    xs = {float(line.get_xdata()[0]) for line in ax.lines if len(line.get_xdata())}
+    assert 1.0 in xs and any(v > 1.0 for v in xs)
+    assert "FLOPs" in ax.get_xlabel()
+    with pytest.raises(NothingToPlotError, match="FLOPs"):
+        empty = tmp_path / "old"
+        make_run(empty, method="omp", kappa=0.9, with_flops=False)
+        plot_figure("acc_vs_flops", empty, tmp_path / "g")
+
+
+@pytest.mark.parametrize("with_top", [True, False])
+def test_magnitudes_zoom_row_shows_the_kept_weights(monkeypatch, tmp_path, with_top):
+    root = tmp_path / "runs"
+    make_run(root, method="art_hs", kappa=0.9, with_top=with_top)
+    fig = _drawn(monkeypatch, "magnitudes", root, tmp_path / "m", methods="art_hs")
+    top_ax, low_ax = fig.axes[0], fig.axes[1]
+    assert top_ax.get_yscale() == "log" and low_ax.get_yscale() == "linear"
+    assert low_ax.get_xlim() == pytest.approx((0.9, 1.0))
+    assert len(low_ax.lines) == 3  # before ART, selected epoch, after fine-tuning
+    for line in low_ax.lines:
+        x = np.asarray(line.get_xdata(), float)
+        assert x.min() >= 0.9 - 1e-12 and len(x) >= (64 if with_top else 20)
+
+
+def test_window_mean_is_drawn_at_the_windows_middle_epoch():
+    from hypersparse.analysis.figures import window_centres
+
+    e = np.arange(5, 10)
+    assert window_centres(e, 1).tolist() == [5, 6, 6, 7, 8]
+    assert window_centres(e, 0).tolist() == e.tolist()
+    assert window_centres(e, 2).tolist() == [5, 6, 7, 7, 7]

@@ -22,7 +22,8 @@ from hypersparse.spec import RunSpec
 NPZ_FIELDS = {
     "epochs", "quantiles", "grad_at_quantile", "magnitude_at_quantile", "layer_names",
     "layer_top_fraction", "mag_quantiles", "magnitudes_before", "magnitudes_termination",
-    "magnitudes_final", "kappa", "selected_epoch", "terminated_epoch",
+    "magnitudes_final", "kappa", "selected_epoch", "terminated_epoch", "top_quantiles",
+    "magnitudes_top_before", "magnitudes_top_termination", "magnitudes_top_final",
 }
 
 
@@ -211,6 +212,13 @@ def test_art_end_to_end_contract(warm, tmp_path):
         assert z["quantiles"][0] == 0.5 and z["quantiles"][-1] == 1.0
         for k in ("magnitudes_before", "magnitudes_termination", "magnitudes_final"):
             assert z[k].shape == (m,) and np.all(np.isfinite(z[k])) and np.all(np.diff(z[k]) >= 0)
+        assert z["top_quantiles"][0] == pytest.approx(0.9) and z["top_quantiles"][-1] == 1.0
+        for k in ("magnitudes_top_before", "magnitudes_top_termination", "magnitudes_top_final"):
+            t = z[k]
+            assert t.shape == z["top_quantiles"].shape and np.all(np.diff(t) >= 0)
+            assert np.all(np.isfinite(t)) and t[-1] == z[k.replace("_top", "")][-1]
+        # the kept weights after fine-tuning are (almost all) non-zero
+        assert z["magnitudes_top_final"][1] > 0
         # the final model has kappa*N zeros: the lower 90% of its sorted |w| are zero
         assert z["magnitudes_final"][int(0.85 * m)] == 0.0 and z["magnitudes_final"][-1] > 0
         assert np.all(np.diff(z["magnitude_at_quantile"], axis=1) >= 0)

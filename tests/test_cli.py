@@ -8,7 +8,8 @@ import pytest
 import torch
 from conftest import hypersparse_cmd
 
-SUBCOMMANDS = ["prepare", "train", "sparsify", "validate-config", "methods", "aggregate", "plot"]
+SUBCOMMANDS = ["prepare", "train", "sparsify", "validate-config", "methods", "aggregate", "plot",
+               "export", "estimate", "status"]
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -57,3 +58,39 @@ def test_missing_data_is_refused_with_the_fix(tmp_path):
     assert out.returncode == 2
     assert "hypersparse prepare --dataset digits" in out.stderr
     assert not out_dir.exists()
+
+
+def test_version_and_defaults_in_help():
+    from hypersparse import __version__
+
+    out = run_cli("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"hypersparse {__version__}"
+    helptext = run_cli("train", "--help").stdout
+    assert "(default:" in helptext
+
+
+def test_bad_arguments_are_one_line_naming_the_fix(tmp_path):
+    cases = [
+        (("train", "--dataset", "mnist"), "unknown data set 'mnist'"),
+        (("train", "--dataset", "digits", "--model", "resnet9"), "resnet"),
+        (("plot", "acc_vs_sparsitty"), "invalid choice"),
+        (("train", "--epochs", "0"), "must be at least 1"),
+    ]
+    for args, needle in cases:
+        out = run_cli(*args, cwd=tmp_path)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1, out.stderr
+        assert needle in lines[0] and "--help" in lines[0], lines[0]
+    assert not any(tmp_path.iterdir())
+
+
+def test_verbose_flag_after_a_subcommand():
+    out = run_cli("methods", "-v")
+    assert out.returncode == 0 and "omp" in out.stdout
+
+
+def test_figure_choices_are_the_registered_figures():
+    from hypersparse.analysis.figures import FIGURES
+    from hypersparse.cli import FIGURE_NAMES
+
+    assert set(FIGURE_NAMES) == set(FIGURES)

@@ -457,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
         handlers=handlers,
     )
+    for noisy in ("fontTools", "matplotlib", "PIL"):  # font subsetting chatter when saving PDFs
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     from .errors import UserError
 
     try:

@@ -239,7 +239,7 @@ def dense_flag(wc, input):
     return f"--dense-dir {os.path.dirname(input.dense[0])}" if input.dense else ""
 
 
-FIGURES_PER_GRID = ["acc_vs_sparsity", "layer_density", "kernel_patterns"]
+FIGURES_PER_GRID = ["acc_vs_sparsity", "acc_vs_flops", "layer_density", "kernel_patterns"]
 FIGURES_ART = ["hs_gradient", "exploration", "art_termination", "magnitudes"]
 TABLE_EXTS = ("csv", "md", "tex")
 
@@ -270,7 +270,7 @@ def all_targets():
 
 def figure_kappa_flag(figure):
     """--kappa of a figure: figures.hs_kappa for the ART trace figures, else figures.kappa."""
-    if figure == "acc_vs_sparsity":  # spans every kappa
+    if figure in ("acc_vs_sparsity", "acc_vs_flops"):  # span every kappa
         return ""
     opts = CFG["figures"]
     kappa = (

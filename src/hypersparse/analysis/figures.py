@@ -8,6 +8,7 @@ Captions live in workflow/report/figure.rst (one section per figure).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib import colors as mcolors
+from matplotlib import patches as mpatches
 from matplotlib import ticker
 
 from hypersparse.analysis import style
@@ -182,6 +184,17 @@ def _legend_below(fig: plt.Figure, handles: list, labels: list, ncol: int) -> No
 # ----------------------------------------------------------------------------- figure 1
 
 
+DODGE = 0.012  # sideways shift between methods in acc_vs_sparsity (decades of log x)
+_RINGS = {  # marks on points, as the tables' footnote marks
+    "sparsity_ok_all": {"label": "missed target sparsity (†)",
+                        "style": dict(marker="o", ms=9, mfc="none", mec="red", mew=1.0)},
+    "disconnected": {"label": "a layer lost every weight (§)",
+                     "style": dict(marker="s", ms=9, mfc="none", mec="0.2", mew=0.8)},
+    "art_collapsed": {"label": "ART's dense model collapsed (¶)",
+                      "style": dict(marker="D", ms=9, mfc="none", mec="#7b3294", mew=0.8)},
+}
+
+
 def acc_vs_sparsity(
     runs_root: Path,
     out_base: Path,
@@ -199,9 +212,10 @@ def acc_vs_sparsity(
     wanted = _methods_opt(methods)
     if wanted is not None:
         agg = agg[agg["method"].isin(wanted + ["dense"])]
-    sparse = agg[agg["kappa"] > 0]
+    emergent = agg[agg["emergent"].fillna(False).astype(bool)] if "emergent" in agg else agg[:0]
+    sparse = agg[(agg["kappa"] > 0) & ~agg.index.isin(emergent.index)]
     dense = agg[(agg["method"] == "dense") & (agg["kappa"] == 0)]
-    if sparse.empty and dense.empty:
+    if sparse.empty and dense.empty and emergent.empty:
         raise NothingToPlotError(f"no successful runs to plot for {dataset}/{model}")
     ylabel = {
         "final_test_acc": "final-epoch test accuracy (%)",
@@ -220,43 +234,101 @@ def acc_vs_sparsity(
                 ax.axhspan(mu - sd, mu + sd, color=style.method_color("dense"), alpha=0.08, lw=0)
             handles.append(h)
             labels.append(f"{style.method_label('dense')} (0%)")
-        for m in style.sort_methods(sparse["method"]):
+        order = style.sort_methods(sparse["method"])
+        marks_used: set[str] = set()
+        for i, m in enumerate(order):
             g = sparse[sparse["method"] == m].sort_values("kappa")
-            x = 1.0 - g["kappa"].to_numpy(float)
+            # dodge: each method a little to the side (log x), so no marker hides another
+            x = (1.0 - g["kappa"].to_numpy(float)) * 10 ** (DODGE * (i - (len(order) - 1) / 2))
             y = g[f"{metric}_mean"].to_numpy(float)
             sd = np.nan_to_num(g[f"{metric}_std"].to_numpy(float), nan=0.0)
             c = style.method_color(m)
-            (h,) = ax.plot(x, y, color=c, marker=style.method_marker(m), label=m)
+            (h,) = ax.plot(x, y, color=c, marker=style.method_marker(m), label=m, mfc="white",
+                           mew=1.2, ms=5)
             ax.fill_between(x, y - sd, y + sd, color=c, alpha=0.18, lw=0)
-            missed = g["sparsity_ok_all"].fillna(True).to_numpy(bool) == False  # noqa: E712
-            if missed.any():
-                ax.plot(
-                    x[missed],
-                    y[missed],
-                    ls="none",
-                    marker="o",
-                    ms=8,
-                    mfc="none",
-                    mec="red",
-                    mew=1.0,
-                )
+            for key, ring in _RINGS.items():
+                hit = g[key].fillna(False).to_numpy(bool) if key in g else np.zeros(len(g), bool)
+                if key == "sparsity_ok_all":
+                    hit = g[key].fillna(True).to_numpy(bool) == False  # noqa: E712
+                if hit.any():
+                    ax.plot(x[hit], y[hit], ls="none", **ring["style"])
+                    marks_used.add(key)
             handles.append(h)
             labels.append(style.method_label(m))
+        for _, r in emergent.iterrows():  # xRDA: one point at the sparsity it reached
+            x0 = max(1.0 - float(r["sparsity_mean"]), 1e-4)
+            h = ax.errorbar([x0], [r[f"{metric}_mean"]], yerr=[np.nan_to_num(r[f"{metric}_std"])],
+                            color=style.method_color(r["method"]),
+                            marker=style.method_marker(r["method"]), ms=6, ls="none")
+            handles.append(h)
+            labels.append(f"{style.method_label(r['method'])} (emergent sparsity)")
         kappas = sorted(set(float(k) for k in sparse["kappa"]))
-        if kappas:
-            ax.set_xticks([1 - k for k in kappas])
-            ax.set_xticklabels([style.kappa_percent(k) for k in kappas])
-            lo, hi = 1 - max(kappas), 1 - min(kappas)
-            ax.set_xlim(hi * 1.4, lo / 1.4)  # inverted: sparsity grows to the right
+        reached = [float(v) for v in emergent["sparsity_mean"]] if len(emergent) else []
+        if kappas or reached:
+            ticks = kappas or reached
+            ax.set_xticks([1 - k for k in ticks])
+            ax.set_xticklabels([style.kappa_percent(k) for k in ticks])
+            span = [1 - k for k in kappas + reached]
+            lo, hi = min(span), max(span)
+            ax.set_xlim(hi * 1.6, lo / 1.6)  # inverted: sparsity grows to the right
         else:  # dense only: an empty sparsity axis over the default range
             ax.set_xticks([])
         ax.xaxis.set_minor_locator(ticker.NullLocator())
         ax.set_xlabel("sparsity κ (log scale of the remaining fraction 1 − κ)")
         ax.set_ylabel(ylabel.get(metric, metric))
         ax.set_title(f"{dataset} / {model}")
-        if (sparse["sparsity_ok_all"].fillna(True) == False).any():  # noqa: E712
-            handles.append(plt.Line2D([], [], ls="none", marker="o", ms=8, mfc="none", mec="red"))
-            labels.append("missed target sparsity")
+        for key in _RINGS:
+            if key in marks_used:
+                handles.append(plt.Line2D([], [], ls="none", **_RINGS[key]["style"]))
+                labels.append(_RINGS[key]["label"])
+        _legend_below(fig, handles, labels, ncol=3)
+        fig.text(0.01, 0.005, "points of different methods are shifted slightly sideways so "
+                 "that none hides another", fontsize=5.5, color="0.4")
+        return style.save_figure(fig, out_base)
+
+
+def acc_vs_flops(
+    runs_root: Path,
+    out_base: Path,
+    *,
+    dataset: str | None = None,
+    model: str | None = None,
+    metric: str = "final_test_acc",
+    methods: str | Iterable[str] | None = None,
+) -> list[Path]:
+    """Test accuracy vs training FLOPs of the whole run (x dense training), every method."""
+    df = _runs(runs_root)
+    dataset, model = _pick_pair(df, dataset, model)
+    agg = aggregate(select_runs(df, dataset=dataset, model=model, status=None))
+    agg = agg[(agg["n_seeds"] > 0) & agg["train_flops_ratio_mean"].notna()]
+    wanted = _methods_opt(methods)
+    if wanted is not None:
+        agg = agg[agg["method"].isin(wanted + ["dense"])]
+    if agg.empty:
+        raise NothingToPlotError(f"no runs with FLOPs counts for {dataset}/{model} (runs "
+                                 "trained before FLOPs were recorded have none)")
+    with plt.rc_context(style.RC):
+        fig, ax = plt.subplots(figsize=(style.PANEL_WIDTH_IN, 2.6), layout="constrained")
+        ax.set_xscale("log")
+        handles, labels = [], []
+        for m in style.sort_methods(agg["method"]):
+            g = agg[agg["method"] == m].sort_values("kappa")
+            x = g["train_flops_ratio_mean"].to_numpy(float)
+            y = g[f"{metric}_mean"].to_numpy(float)
+            c = style.method_color(m)
+            (h,) = ax.plot(x, y, color=c, marker=style.method_marker(m), mfc="white", mew=1.2,
+                           ms=5, ls="-" if len(g) > 1 else "none")
+            for xi, yi, k in zip(x, y, g["kappa"], strict=True):
+                if k > 0:
+                    ax.annotate(style.kappa_percent(k), (xi, yi), textcoords="offset points",
+                                xytext=(3, 3), fontsize=5, color=c)
+            handles.append(h)
+            labels.append(style.method_label(m))
+        ax.axvline(1.0, color="0.5", lw=0.8, ls=":")
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.set_xlabel("training FLOPs of the whole run (x dense training, log scale)")
+        ax.set_ylabel("final-epoch test accuracy (%)" if metric == "final_test_acc" else metric)
+        ax.set_title(f"{dataset} / {model}: accuracy vs training cost (labels: κ)")
         _legend_below(fig, handles, labels, ncol=3)
         return style.save_figure(fig, out_base)
 
@@ -394,8 +466,10 @@ def exploration(
     }
     alphas = np.concatenate([t["alpha"].to_numpy(float) for t in traces.values() if t is not None])
     alphas = alphas[alphas > 0]
-    counts = [t[c].max() for t in traces.values() if t is not None for c in ("entered", "left")]
-    count_max = float(np.nanmax(counts)) if counts else 1.0
+    # the top set has a fixed size, so as many weights leave it as enter it: one series
+    swaps = np.concatenate([t["entered"].to_numpy(float) for t in traces.values()
+                            if t is not None])
+    swaps = swaps[np.isfinite(swaps) & (swaps >= 0)]
     n = len(methods_l)
     with plt.rc_context(style.RC):
         fig, axes = plt.subplots(
@@ -417,8 +491,8 @@ def exploration(
                 _no_data_panel(a1, "not run")
                 continue
             c = style.method_color(m)
-            a0.plot(t["epoch"], t["entered"], color=c, marker="o", ms=2.5, label="entered")
-            a0.plot(t["epoch"], t["left"], color=c, ls="--", marker="v", ms=2.5, label="left")
+            ok = t["entered"] >= 0  # -1: the first ART epoch has no previous top set
+            a0.plot(t["epoch"][ok], t["entered"][ok], color=c, marker="o", ms=2.5)
             a1.plot(t["epoch"], t["iou_final"], color=c, marker="o", ms=2.5)
             tw = a1.twinx()
             tw.plot(t["epoch"], t["alpha"], color="0.45", ls="-.", lw=1.0)
@@ -433,14 +507,18 @@ def exploration(
                 term = int(t["epoch"].iloc[-1])
             for ax in (a0, a1):
                 _mark_epochs(ax, sel, term)
-        for j, tw in twins:
-            if j == n - 1 or all(jj != n - 1 for jj, _ in twins) and j == twins[-1][0]:
+                ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        for j, tw in twins:  # every alpha axis has its numbers; the label once, at the right
+            if j == twins[-1][0]:
                 tw.set_ylabel("α (log scale)")
-            else:
-                tw.tick_params(which="both", labelright=False)
-        axes[0, 0].set_yscale("symlog", linthresh=1.0)
-        axes[0, 0].set_ylim(0, max(count_max, 1.0) * 2.0)
-        axes[0, 0].set_ylabel("weights per epoch\n(symlog scale)")
+        positive = swaps[swaps > 0]
+        if positive.size and not (swaps == 0).any():
+            axes[0, 0].set_yscale("log")
+            axes[0, 0].set_ylim(positive.min() / 1.5, positive.max() * 1.5)
+            axes[0, 0].set_ylabel("weights swapped into\n(= out of) the top set (log)")
+        else:  # zeros on a log axis would vanish: a linear axis from 0
+            axes[0, 0].set_ylim(0, max(float(swaps.max()) if swaps.size else 1.0, 1.0) * 1.1)
+            axes[0, 0].set_ylabel("weights swapped into\n(= out of) the top set")
         axes[1, 0].set_ylabel("IoU of top set\nwith final mask")
         axes[1, 0].set_ylim(0, 1.05)
         for ax in axes[1]:
@@ -448,22 +526,37 @@ def exploration(
         fig.suptitle(_run_title(ref, method=False))
         h = [
             plt.Line2D([], [], color="0.3", marker="o", ms=2.5),
-            plt.Line2D([], [], color="0.3", ls="--", marker="v", ms=2.5),
-            plt.Line2D([], [], color="0.3", marker="o", ms=2.5),
             plt.Line2D([], [], color="0.45", ls="-."),
             plt.Line2D([], [], color="0.2", ls=":"),
             plt.Line2D([], [], color="0.2", ls="-", alpha=0.7),
         ]
         lab = [
-            "entered top set",
-            "left top set",
-            "IoU with final mask",
+            "per epoch (top row: swaps; bottom: IoU)",
             "α (right axis)",
             "selected epoch",
             "termination epoch",
         ]
-        _legend_below(fig, h, lab, ncol=3)
+        _legend_below(fig, h, lab, ncol=2)
         return style.save_figure(fig, out_base)
+
+
+def _window_half(run_dir: Path) -> int:
+    """ART's window half-width b of a run (its spec; 1, the default, if unreadable)."""
+    try:
+        spec = json.loads((run_dir / "spec.json").read_text())
+        return int(spec.get("params", {}).get("window_half", 1))
+    except (OSError, ValueError, TypeError):
+        return 1
+
+
+def window_centres(epochs: np.ndarray, b: int) -> np.ndarray:
+    """The epoch each window mean belongs to: the window's middle entry (the one ART selects),
+    i.e. index min(len - 1, b) of the last 2b+1 epochs (fewer at the start)."""
+    out = np.empty_like(epochs)
+    for i in range(len(epochs)):
+        start = max(0, i - 2 * b)
+        out[i] = epochs[start + min(i - start, b)]
+    return out
 
 
 def art_termination(
@@ -496,7 +589,9 @@ def art_termination(
             t = load_art_trace_csv(Path(found[m]["run_dir"]))
             c = style.method_color(m)
             ax.plot(t["epoch"], t["pruned_train_acc"], color=c, marker="o", ms=3, ls="none")
-            ax.plot(t["epoch"], t["window_mean"], color=c, lw=1.3)
+            b = _window_half(Path(found[m]["run_dir"]))
+            ax.plot(window_centres(t["epoch"].to_numpy(int), b), t["window_mean"], color=c,
+                    lw=1.3)
             ax.plot(t["epoch"], t["dense_train_acc"], color="0.1", ls="--", lw=1.1)
             sel, term = _art_epochs(Path(found[m]["run_dir"]))
             if term is None and len(t):
@@ -516,7 +611,7 @@ def art_termination(
         ]
         lab = [
             f"pruned copy (κ = {style.kappa_percent(ref['kappa'])})",
-            "window mean (pruned)",
+            "window mean (pruned), at the window's middle epoch",
             "dense (running, train mode)",
             "selected epoch",
             "termination epoch",
@@ -677,6 +772,10 @@ def layer_density(
             f"{d} / {m}, κ = {style.kappa_percent(k)}, {seed_label}\n"
             "cell text: % of the layer's weights kept"
         )
+        if (vals == 0).any():
+            fig.legend([plt.Rectangle((0, 0), 1, 1, fc="0.85", ec="0.6", lw=0.5)],
+                       ["0: no weight left - the network is disconnected at that layer"],
+                       loc="outside lower center", frameon=False, fontsize=6.5)
         return style.save_figure(fig, out_base)
 
 
@@ -707,13 +806,15 @@ def kernel_stats(kernels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return freq, hist
 
 
-def _annotated_grid(ax: plt.Axes, freq: np.ndarray, cmap: str = "magma") -> None:
-    """A small heat map (own colour scale 0..max) with each cell's value in % written in it."""
-    vmax = max(float(freq.max()), 1e-9)
-    cm = plt.get_cmap(cmap)
-    ax.imshow(freq, cmap=cm, vmin=0, vmax=vmax, interpolation="nearest")
+def _annotated_grid(ax: plt.Axes, freq: np.ndarray, norm: mcolors.Normalize,
+                    cmap: str = "magma") -> Any:
+    """A small heat map on the figure's shared colour scale ``norm``, each cell's value in %
+    written in it; a position that never survives is black."""
+    cm = plt.get_cmap(cmap).with_extremes(bad="black")
+    image = ax.imshow(np.ma.masked_less_equal(freq, 0), cmap=cm, norm=norm,
+                      interpolation="nearest")
     for (r, c), v in np.ndenumerate(freq):
-        rgb = mcolors.to_rgb(cm(v / vmax))
+        rgb = mcolors.to_rgb(cm(norm(v)) if v > 0 else (0, 0, 0))
         lum = 0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2]
         ax.text(
             c,
@@ -729,6 +830,7 @@ def _annotated_grid(ax: plt.Axes, freq: np.ndarray, cmap: str = "magma") -> None
     ax.grid(False)
     for sp in ax.spines.values():
         sp.set_visible(False)
+    return image
 
 
 def kernel_patterns(
@@ -762,6 +864,11 @@ def kernel_patterns(
         raise NothingToPlotError(f"the {d}/{m} models have no 3x3 convolutions")
     stage_names = list(dict.fromkeys(s for _, st in data for s in st))
     ns, nm = len(stage_names), len(data)
+    freqs = [kernel_stats(st[n])[0] for _, st in data for n in st]
+    positive = np.concatenate([f[f > 0] for f in freqs]) if freqs else np.array([1.0])
+    norm = mcolors.LogNorm(vmin=max(float(positive.min()) if positive.size else 1e-3, 1e-4),
+                           vmax=max(float(positive.max()) if positive.size else 1.0, 1e-3))
+    image = None
     with plt.rc_context(style.RC):
         fig, axes = plt.subplots(
             nm,
@@ -782,7 +889,7 @@ def kernel_patterns(
                     continue
                 all_k += stages[sname]
                 freq, _ = kernel_stats(stages[sname])
-                _annotated_grid(ax, freq)
+                image = _annotated_grid(ax, freq, norm)
                 if i == 0:
                     n_kernels = sum(w.shape[0] * w.shape[1] for w in stages[sname])
                     ax.set_title(
@@ -809,9 +916,15 @@ def kernel_patterns(
             if i == nm - 1:
                 ax.set_xlabel("survivors (of 9)")
             ax.set_ylabel("fraction of\nkernels (log)")
+        if image is not None:
+            bar = fig.colorbar(image, ax=axes[:, :ns].ravel().tolist(), shrink=0.6,
+                               location="bottom", aspect=40, pad=0.02)
+            bar.set_label("% of kernels in which the position survives (one log scale for all "
+                          "panels; black: never)")
+            bar.ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{100 * v:g}%"))
         fig.suptitle(
             f"{d} / {m}, κ = {style.kappa_percent(k)}, {seed_label}: % of 3×3 kernels in which "
-            "each position survives\n(colour scale per panel; numbers in %)"
+            "each position survives"
         )
         return style.save_figure(fig, out_base)
 
@@ -826,6 +939,17 @@ _MAG_STAGES = (  # (npz key, legend label, colour, line width): wide lines first
 )
 
 
+def _top_series(z: Any, key: str, kappa: float) -> tuple[np.ndarray, np.ndarray]:
+    """(relative rank, sorted |w|) of the kept top (1 - kappa) weights for one stage: the
+    dense top-set samples where the trace has them, else the uniform samples above kappa."""
+    top_key = key.replace("magnitudes_", "magnitudes_top_")
+    if top_key in z and "top_quantiles" in z and np.all(np.isfinite(z[top_key])):
+        return np.asarray(z["top_quantiles"]), np.asarray(z[top_key])
+    q, v = np.asarray(z["mag_quantiles"]), np.asarray(z[key])
+    keep = q >= kappa
+    return q[keep], v[keep]
+
+
 def magnitudes(
     runs_root: Path,
     out_base: Path,
@@ -836,7 +960,8 @@ def magnitudes(
     seed: int | None = None,
     methods: str | Iterable[str] | None = None,
 ) -> list[Path]:
-    """Sorted |w| of the prunable weights before ART, at termination, after fine-tuning."""
+    """Sorted |w| of the prunable weights before ART, at the selected epoch and after
+    fine-tuning: all weights (log scale, top row) and the kept top (1 - kappa) (bottom row)."""
     df = _runs(runs_root)
     methods_l = _methods_opt(methods) or list(style.ART_METHODS)
     ref = _pick_run(
@@ -854,38 +979,47 @@ def magnitudes(
     n = len(present)
     with plt.rc_context(style.RC):
         fig, axes = plt.subplots(
-            1,
+            2,
             n,
-            figsize=(max(2.6 * n, style.PANEL_WIDTH_IN), 2.5),
-            sharey=True,
+            figsize=(max(2.6 * n, style.PANEL_WIDTH_IN), 4.6),
+            sharey="row",
             layout="constrained",
             squeeze=False,
         )
         for j, mm in enumerate(present):
-            ax = axes[0, j]
-            z = load_art_trace_npz(Path(found[mm]["run_dir"]))
+            top_ax, low_ax = axes[0, j], axes[1, j]
+            z = dict(load_art_trace_npz(Path(found[mm]["run_dir"])))
+            kap = float(z["kappa"]) if "kappa" in z else float(ref["kappa"])
             q = z["mag_quantiles"]
             for key, _, c, lw in _MAG_STAGES:
-                if key in z:
-                    v = z[key]
-                    pos = v > 0
-                    ax.plot(q[pos], v[pos], color=c, lw=lw)
-            ax.axvline(
-                float(z["kappa"]) if "kappa" in z else float(ref["kappa"]),
-                color="0.3",
-                ls="--",
-                lw=1.0,
-            )
-            ax.set_yscale("log")
-            ax.set_xlim(0, 1)
-            ax.set_title(style.method_label(mm))
-            ax.set_xlabel("relative rank of |w| (ascending)")
-        axes[0, 0].set_ylabel("|w| (log scale)")
+                if key not in z:
+                    continue
+                v = z[key]
+                pos = v > 0
+                top_ax.plot(q[pos], v[pos], color=c, lw=lw)
+                tq, tv = _top_series(z, key, kap)
+                ok = np.isfinite(tv)
+                low_ax.plot(tq[ok], tv[ok], color=c, lw=lw)
+            top_ax.axvline(kap, color="0.3", ls="--", lw=1.0)
+            top_ax.axvspan(kap, 1.0, color="0.9", lw=0, zorder=0)
+            top_ax.set_yscale("log")
+            top_ax.set_xlim(0, 1)
+            top_ax.set_title(style.method_label(mm))
+            top_ax.set_xlabel("relative rank of |w| (ascending)")
+            low_ax.set_xlim(kap, 1.0)
+            low_ax.set_ylim(bottom=0)
+            low_ax.set_xlabel("relative rank, kept weights only")
+        axes[0, 0].set_ylabel("|w|, all weights (log)")
+        axes[1, 0].set_ylabel(f"|w|, top {style.kappa_percent(1 - float(ref['kappa']))}")
         fig.suptitle(_run_title(ref, method=False))
         h = [plt.Line2D([], [], color=c, lw=lw) for _, _, c, lw in _MAG_STAGES]
         h.append(plt.Line2D([], [], color="0.3", ls="--"))
-        lab = [lbl for _, lbl, _, _ in _MAG_STAGES] + [f"κ = {style.kappa_percent(ref['kappa'])}"]
-        _legend_below(fig, h, lab, ncol=2)
+        h.append(mpatches.Patch(color="0.9"))
+        lab = [lbl for _, lbl, _, _ in _MAG_STAGES] + [
+            f"κ = {style.kappa_percent(ref['kappa'])}",
+            "kept weights (zoomed in the bottom row)",
+        ]
+        _legend_below(fig, h, lab, ncol=3)
         return style.save_figure(fig, out_base)
 
 
@@ -893,6 +1027,7 @@ def magnitudes(
 
 FIGURES: dict[str, Callable[..., list[Path]]] = {
     "acc_vs_sparsity": acc_vs_sparsity,
+    "acc_vs_flops": acc_vs_flops,
     "hs_gradient": hs_gradient,
     "exploration": exploration,
     "art_termination": art_termination,

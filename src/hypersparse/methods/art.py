@@ -402,7 +402,9 @@ class AdaptiveRegularizedTraining(Method):
         self.train_with_mask(trainer, candidate_masks)
         trace = result["trace"]
         arrays = T.arrays_from_state(trace["arrays"])
-        arrays["magnitudes_final"] = T.magnitudes_at(M.prunable_weights(trainer.model))
+        final_ws = M.prunable_weights(trainer.model)
+        arrays["magnitudes_final"] = T.magnitudes_at(final_ws)
+        arrays["magnitudes_top_final"] = T.magnitudes_at(final_ws, arrays["top_quantiles"])
         T.write_trace_files(run_dir, trace["rows"], arrays)
         return {"art": art}
 

@@ -25,6 +25,12 @@ from ..regularizers import hypersparse_grad
 
 GRAD_QUANTILES = np.linspace(0.5, 1.0, 512)  # relative ranks in ascending sorted |w|
 MAG_QUANTILES = np.linspace(0.0, 1.0, 1024)
+TOP_POINTS = 256  # ranks sampled within the kept top (1 - kappa) fraction
+
+
+def top_quantiles(kappa: float) -> np.ndarray:
+    """Relative ranks from kappa to 1: the weights that survive pruning, densely sampled."""
+    return kappa + (1.0 - kappa) * np.linspace(0.0, 1.0, TOP_POINTS)
 CSV_COLUMNS = (
     "epoch",
     "art_epoch",
@@ -81,6 +87,9 @@ class ArtTrace:
         self.layer_names: list[str] = []
         self.n = 0
         self.magnitudes_before = torch.full((len(MAG_QUANTILES),), math.nan, dtype=torch.float64)
+        self.top_before = torch.full((TOP_POINTS,), math.nan, dtype=torch.float64)
+        self.mag_top: list[torch.Tensor] = []  # [TOP_POINTS] per epoch, within the top set
+        self.kappa = math.nan
         self.prev_top: torch.Tensor | None = None  # packed top set of the previous epoch
 
     # ------------------------------------------------------------------ recording
@@ -91,7 +100,9 @@ class ArtTrace:
         self.layer_names = [n for n, _ in named]
         self.n = sum(w.numel() for _, w in named)
         ws = [w for _, w in named]
+        self.kappa = float(kappa)
         self.magnitudes_before = torch.from_numpy(magnitudes_at(ws))
+        self.top_before = torch.from_numpy(magnitudes_at(ws, top_quantiles(kappa)))
         self.prev_top = pack(flat_mask(M.magnitude_masks(named, kappa), self.layer_names))
 
     @torch.no_grad()
@@ -117,6 +128,8 @@ class ArtTrace:
         self.grad_q.append(gflat[order[gi]].double().cpu())
         self.mag_q.append(vals[gi].double().cpu())
         self.mag_full.append(vals[rank_indices(MAG_QUANTILES, self.n, flat.device)].double().cpu())
+        self.mag_top.append(
+            vals[rank_indices(top_quantiles(kappa), self.n, flat.device)].double().cpu())
         self.layer_frac.append(
             torch.tensor([float(masks[n].float().mean()) for n in self.layer_names], dtype=torch.float64)
         )
@@ -155,6 +168,9 @@ class ArtTrace:
             "layer_names": list(self.layer_names),
             "n": self.n,
             "magnitudes_before": self.magnitudes_before,
+            "top_before": self.top_before,
+            "mag_top": list(self.mag_top),
+            "kappa": self.kappa,
             "prev_top": self.prev_top,
         }
 
@@ -168,15 +184,20 @@ class ArtTrace:
         self.layer_names = list(state["layer_names"])
         self.n = int(state["n"])
         self.magnitudes_before = state["magnitudes_before"]
+        self.top_before = state.get("top_before", self.top_before)
+        self.mag_top = list(state.get("mag_top", []))
+        self.kappa = float(state.get("kappa", math.nan))
         self.prev_top = state["prev_top"]
 
     # ------------------------------------------------------------------ output
-    def magnitudes_at_epoch(self, epoch: int | None) -> np.ndarray:
-        """Sorted |w| at MAG_QUANTILES recorded after ``epoch`` (NaN if not recorded)."""
-        for r, m in zip(self.rows, self.mag_full, strict=True):
+    def magnitudes_at_epoch(self, epoch: int | None, top: bool = False) -> np.ndarray:
+        """Sorted |w| at MAG_QUANTILES (``top``: at the top-set ranks) recorded after
+        ``epoch`` (NaN if not recorded)."""
+        series = self.mag_top if top else self.mag_full
+        for r, m in zip(self.rows, series, strict=False):
             if epoch is not None and int(r["epoch"]) == int(epoch):
                 return m.numpy()
-        return np.full(len(MAG_QUANTILES), np.nan)
+        return np.full(TOP_POINTS if top else len(MAG_QUANTILES), np.nan)
 
     def arrays(
         self,
@@ -204,6 +225,10 @@ class ArtTrace:
             "magnitudes_final": (
                 np.full(m, np.nan) if magnitudes_final is None else np.asarray(magnitudes_final)
             ),
+            "top_quantiles": top_quantiles(kappa),
+            "magnitudes_top_before": self.top_before.numpy(),
+            "magnitudes_top_termination": self.magnitudes_at_epoch(selected_epoch, top=True),
+            "magnitudes_top_final": np.full(TOP_POINTS, np.nan),
             "kappa": np.array(float(kappa)),
             "selected_epoch": np.array(-1 if selected_epoch is None else int(selected_epoch)),
             "terminated_epoch": np.array(-1 if terminated_epoch is None else int(terminated_epoch)),
