@@ -184,6 +184,7 @@ def _legend_below(fig: plt.Figure, handles: list, labels: list, ncol: int) -> No
 # ----------------------------------------------------------------------------- figure 1
 
 
+_NEVER = "0.85"  # heat-map cells with nothing in them: a disconnected layer, a dead position
 DODGE = 0.012  # sideways shift between methods in acc_vs_sparsity (decades of log x)
 _RINGS = {  # marks on points, as the tables' footnote marks
     "sparsity_ok_all": {"label": "missed target sparsity (†)",
@@ -318,15 +319,17 @@ def acc_vs_flops(
             c = style.method_color(m)
             (h,) = ax.plot(x, y, color=c, marker=style.method_marker(m), mfc="white", mew=1.2,
                            ms=5, ls="-" if len(g) > 1 else "none")
+            side = 1 if len(handles) % 2 == 0 else -1  # alternate sides: fewer overlapping labels
             for xi, yi, k in zip(x, y, g["kappa"], strict=True):
-                if k > 0:
+                if k > 0 and np.isfinite(yi):
                     ax.annotate(style.kappa_percent(k), (xi, yi), textcoords="offset points",
-                                xytext=(3, 3), fontsize=5, color=c)
+                                xytext=(4 * side, 3), fontsize=5, color=c,
+                                ha="left" if side > 0 else "right")
             handles.append(h)
             labels.append(style.method_label(m))
         ax.axvline(1.0, color="0.5", lw=0.8, ls=":")
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
-        ax.set_xlabel("training FLOPs of the whole run (x dense training, log scale)")
+        ax.set_xlabel("training FLOPs of the whole run\n(multiple of one dense training, log scale)")
         ax.set_ylabel("final-epoch test accuracy (%)" if metric == "final_test_acc" else metric)
         ax.set_title(f"{dataset} / {model}: accuracy vs training cost (labels: κ)")
         _legend_below(fig, handles, labels, ncol=3)
@@ -738,7 +741,7 @@ def layer_density(
         w = max(style.PANEL_WIDTH_IN, 1.6 + 0.5 * len(cols))
         h = 1.2 + 0.17 * len(layers)
         fig, ax = plt.subplots(figsize=(w, h), layout="constrained")
-        ax.set_facecolor("0.85")  # zero-density (disconnected) cells show as grey
+        ax.set_facecolor(_NEVER)  # zero-density (disconnected) cells show as grey
         sns.heatmap(
             np.where(vals > 0, vals, np.nan),
             ax=ax,
@@ -773,7 +776,7 @@ def layer_density(
             "cell text: % of the layer's weights kept"
         )
         if (vals == 0).any():
-            fig.legend([plt.Rectangle((0, 0), 1, 1, fc="0.85", ec="0.6", lw=0.5)],
+            fig.legend([plt.Rectangle((0, 0), 1, 1, fc=_NEVER, ec="0.6", lw=0.5)],
                        ["0: no weight left - the network is disconnected at that layer"],
                        loc="outside lower center", frameon=False, fontsize=6.5)
         return style.save_figure(fig, out_base)
@@ -809,12 +812,13 @@ def kernel_stats(kernels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 def _annotated_grid(ax: plt.Axes, freq: np.ndarray, norm: mcolors.Normalize,
                     cmap: str = "magma") -> Any:
     """A small heat map on the figure's shared colour scale ``norm``, each cell's value in %
-    written in it; a position that never survives is black."""
-    cm = plt.get_cmap(cmap).with_extremes(bad="black")
+    written in it; a position that never survives is grey (as a disconnected layer is in
+    layer_density), since the colour map itself starts near black."""
+    cm = plt.get_cmap(cmap).with_extremes(bad=_NEVER)
     image = ax.imshow(np.ma.masked_less_equal(freq, 0), cmap=cm, norm=norm,
                       interpolation="nearest")
     for (r, c), v in np.ndenumerate(freq):
-        rgb = mcolors.to_rgb(cm(norm(v)) if v > 0 else (0, 0, 0))
+        rgb = mcolors.to_rgb(cm(norm(v)) if v > 0 else _NEVER)
         lum = 0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2]
         ax.text(
             c,
@@ -919,8 +923,7 @@ def kernel_patterns(
         if image is not None:
             bar = fig.colorbar(image, ax=axes[:, :ns].ravel().tolist(), shrink=0.6,
                                location="bottom", aspect=40, pad=0.02)
-            bar.set_label("% of kernels in which the position survives (one log scale for all "
-                          "panels; black: never)")
+            bar.set_label("% of kernels keeping the position (all maps; grey 0: never)")
             bar.ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{100 * v:g}%"))
         fig.suptitle(
             f"{d} / {m}, κ = {style.kappa_percent(k)}, {seed_label}: % of 3×3 kernels in which "
