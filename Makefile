@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# Rules call the `hypersparse` CLI: put the venv first on PATH (also for SLURM jobs).
+# Rules run `python -m hypersparse`: the venv first on PATH gives them its python (SLURM jobs too).
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 STAMP  := $(VENV)/.installed
 CORES  ?= all

@@ -102,7 +102,7 @@ def test_every_method_end_to_end_through_the_workflow(tmp_path):
             assert m["sparsity_ok"] is True, path
     table = pd.read_csv(res / "tables" / "digits_resnet8.csv")
     assert set(table["method"]) == set(cfg["methods"]) | {"dense"}
-    for name in ("acc_vs_sparsity", "hs_gradient", "exploration", "art_termination",
+    for name in ("acc_vs_sparsity", "acc_vs_flops", "hs_gradient", "exploration", "art_termination",
                  "layer_density", "kernel_patterns", "magnitudes"):
         for ext in ("png", "pdf"):
             assert (figs / f"{name}_digits_resnet8.{ext}").stat().st_size > 0

@@ -239,7 +239,12 @@ def dense_flag(wc, input):
     return f"--dense-dir {os.path.dirname(input.dense[0])}" if input.dense else ""
 
 
-FIGURES_PER_GRID = ["acc_vs_sparsity", "acc_vs_flops", "layer_density", "kernel_patterns"]
+FIGURES_PER_GRID = [
+    "acc_vs_sparsity",
+    "acc_vs_flops",
+    "layer_density",
+    "kernel_patterns",
+]
 FIGURES_ART = ["hs_gradient", "exploration", "art_termination", "magnitudes"]
 TABLE_EXTS = ("csv", "md", "tex")
 
