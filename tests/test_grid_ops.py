@@ -67,7 +67,7 @@ def test_jobs_spread_over_faked_gpus_with_jobs_per_gpu_each(tmp_path):
               "jobs_per_gpu=2")
     assert dry.returncode == 0, dry.stderr[-3000:]
     out = dry.stdout + dry.stderr
-    pins = re.findall(r"CUDA_VISIBLE_DEVICES=(\d) hypersparse (?:train|sparsify)", out)
+    pins = re.findall(r"CUDA_VISIBLE_DEVICES=(\d) python -m hypersparse (?:train|sparsify)", out)
     slots = re.findall(r"gpu_0=(\d), gpu_1=(\d), gpu_2=(\d)", out)
     assert len(pins) == len(slots) == 2 + 2 * 2 * 3  # 2 dense + 12 sparse runs
     for pin, slot in zip(pins, slots, strict=True):

@@ -33,7 +33,7 @@ def expected_counts(cfg: dict) -> dict[str, int]:
         "art": cells * seeds * sum(n_kappas[m] for m in art),
         "table": cells,
         "aggregate": 1,
-        "figure": cells * (3 + (4 if art else 0)),
+        "figure": cells * (4 + (4 if art else 0)),
         "all": 1,
     }
     return {k: v for k, v in counts.items() if v}
