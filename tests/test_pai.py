@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hypersparse import masks as M
 from hypersparse.masks import prunable_named_weights, target_zeros
 from hypersparse.methods import build_params, get_method
 from hypersparse.methods import pai_scores as S
@@ -202,11 +203,11 @@ def test_smart_ratio_caps_at_one_and_moves_the_excess_on() -> None:
 
 
 def test_apportion_is_exact() -> None:
-    assert S.apportion([1.5, 1.5, 1.0], [5, 5, 5], 4) == [2, 1, 1]
-    assert S.apportion([0.4, 0.4, 0.2], [1, 1, 1], 1) == [1, 0, 0]
-    assert S.apportion([2.9, 0.0], [2, 3], 4) == [2, 2]
+    assert M.apportion([1.5, 1.5, 1.0], [5, 5, 5], 4) == [2, 1, 1]
+    assert M.apportion([0.4, 0.4, 0.2], [1, 1, 1], 1) == [1, 0, 0]
+    assert M.apportion([2.9, 0.0], [2, 3], 4) == [2, 2]
     with pytest.raises(ValueError):
-        S.apportion([1.0], [1], 2)
+        M.apportion([1.0], [1], 2)
 
 
 def test_smart_ratio_masks_exact_counts_and_random_positions() -> None:

@@ -28,10 +28,10 @@ from . import masks as M
 from .capture import StepGraph, graphable_optimizer, sgd_update_
 from .data import BatchLoader, dataset_info, load_split
 from .errors import UserError
-from .io import CheckpointError, atomic_torch_save, atomic_write_text, safe_torch_load
+from .io import CheckpointError, atomic_torch_save, atomic_write_csv, safe_torch_load
 from .models import build_model
 from .progress import hms
-from .spec import COMPILE_MODES, RunSpec
+from .spec import COMPILE_MODES, RunSpec, spec_differences
 from .tb import EventWriter
 
 log = logging.getLogger("hypersparse")
@@ -365,10 +365,9 @@ class Trainer:
                     raise CheckpointError(f"checkpoint {path} holds weights of another model")
                 saved, current = ckpt.get("spec"), self.spec.to_dict()
                 if saved is not None and saved != current:  # e.g. the workflow's params changed
-                    diff = sorted(k for k in {*saved, *current} if saved.get(k) != current.get(k))
                     raise CheckpointError(
                         f"checkpoint {path} belongs to another run spec (differs in: "
-                        f"{', '.join(diff)})"
+                        f"{', '.join(spec_differences(saved, current))})"
                     )
             except CheckpointError as exc:
                 log.warning("%s; trying the previous checkpoint", exc)
@@ -410,10 +409,7 @@ class Trainer:
 
     def write_history(self) -> None:
         """history.csv from the rows so far (atomic)."""
-        lines = [",".join(HISTORY_COLUMNS)]
-        for row in self.history:
-            lines.append(",".join(_fmt(row.get(c)) for c in HISTORY_COLUMNS))
-        atomic_write_text(self.run_dir / "history.csv", "\n".join(lines) + "\n")
+        atomic_write_csv(self.run_dir / "history.csv", HISTORY_COLUMNS, self.history)
 
     def save_snapshot(self, path: Path) -> None:
         """Model and optimizer state, e.g. the warm-up checkpoint ART starts from."""
@@ -730,13 +726,6 @@ class Trainer:
 def _live_sparsity(model: nn.Module) -> float:
     ws = M.prunable_weights(model)
     total = sum(w.numel() for w in ws)
-    zeros = sum(int((w == 0).sum()) for w in ws)
-    return zeros / total if total else 0.0
+    return M.count_zeros(ws) / total if total else 0.0
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return repr(v)
-    return str(v)

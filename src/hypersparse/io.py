@@ -1,14 +1,15 @@
-"""Atomic file writes, safe checkpoint loading and provenance (versions, git commit)."""
+"""Atomic file writes, CSV cells, safe checkpoint loading and provenance (versions, git commit)."""
 
 from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import subprocess
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,24 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(Path(path), write)
 
 
+def csv_cell(value: Any, nan: str = "nan") -> str:
+    """One value as written in the project's CSV files: None -> empty, floats by repr (they
+    read back bit-exact), NaN as ``nan`` (some files leave it empty)."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return nan if math.isnan(value) else repr(float(value))
+    return str(value)
+
+
+def atomic_write_csv(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, Any]],
+                     nan: str = "nan") -> None:
+    """A header and one line per row (missing keys empty), written atomically."""
+    lines = [",".join(columns)]
+    lines += [",".join(csv_cell(r.get(c), nan) for c in columns) for r in rows]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically (sorted keys, indented, NaN refused)."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
@@ -106,6 +125,12 @@ def _check_zip_crc(path: Path) -> None:
             bad = zf.testzip()
         if bad is not None:
             raise ValueError(f"record {bad} fails its CRC check")
+
+
+def model_state(obj: Any) -> Any:
+    """The model weights of a loaded checkpoint: a snapshot dict's ``model`` entry, or the
+    object itself (a plain state dict)."""
+    return obj["model"] if isinstance(obj, dict) and "model" in obj else obj
 
 
 def load_state_dict_checked(model: torch.nn.Module, state: dict, source: str) -> None:

@@ -8,7 +8,7 @@ Sparsity is global: one threshold over the concatenation of all prunable weights
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -34,13 +34,17 @@ def prunable_weights(model: nn.Module) -> list[torch.Tensor]:
     return [w for _, w in prunable_named_weights(model)]
 
 
-def is_prunable_key(key: str, tensor: torch.Tensor) -> bool:
-    """Prunable test on a saved state dict, where module types are gone.
+def is_prunable_tensor(tensor: torch.Tensor) -> bool:
+    """Prunable test on a bare tensor (an optimizer's parameter): Conv and Linear weights are
+    the only floating tensors of these models with two or more dimensions (biases and
+    BatchNorm parameters are 1-D), so this agrees with :func:`prunable_named_weights`."""
+    return tensor.dim() >= 2 and tensor.is_floating_point()
 
-    Conv and Linear weights are the only ``*.weight`` entries with two or more dimensions
-    (BatchNorm weights are 1-D), so this agrees with :func:`prunable_named_weights`.
-    """
-    return key.endswith("weight") and tensor.dim() >= 2 and tensor.is_floating_point()
+
+def is_prunable_key(key: str, tensor: torch.Tensor) -> bool:
+    """Prunable test on a saved state dict, where module types are gone (a ``*.weight`` entry
+    that :func:`is_prunable_tensor` accepts)."""
+    return key.endswith("weight") and is_prunable_tensor(tensor)
 
 
 def prunable_state_items(state: Mapping[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
@@ -59,6 +63,75 @@ def target_zeros(kappa: float, n: int) -> int:
         raise ValueError(f"pruning rate kappa must be in [0, 1), got {kappa}")
     # The small epsilon keeps e.g. 0.9 * 1000 from flooring to 899 through float error.
     return int(math.floor(kappa * n + 1e-9))
+
+
+def count_zeros(tensors: Iterable[torch.Tensor]) -> int:
+    """Exact zeros over ``tensors`` (a pruned weight is exactly 0)."""
+    return sum(int((t == 0).sum()) for t in tensors)
+
+
+def keep_count(kappa: float, n: int) -> int:
+    """N - floor(kappa * N): the number of weights a pruning rate kappa keeps."""
+    return n - target_zeros(kappa, n)
+
+
+def apportion(expected: Sequence[float], caps: Sequence[int], total: int) -> list[int]:
+    """Integer counts close to ``expected`` (each in [0, cap]) summing exactly to ``total``.
+
+    Largest-remainder rule: floor every entry, then hand the missing units one by one to the
+    entries with the largest fractional parts (ties: earlier entry first), skipping full ones.
+    """
+    if not 0 <= total <= sum(caps):
+        raise ValueError(f"cannot place {total} weights in layers of sizes {list(caps)}")
+    counts = [min(c, max(0, math.floor(e))) for e, c in zip(expected, caps, strict=True)]
+    rem = [e - math.floor(e) for e in expected]
+    diff = total - sum(counts)
+    while diff > 0:
+        order = sorted(
+            (i for i in range(len(counts)) if counts[i] < caps[i]), key=lambda i: -rem[i]
+        )
+        for i in order[:diff]:
+            counts[i] += 1
+        diff = total - sum(counts)
+    while diff < 0:
+        order = sorted((i for i in range(len(counts)) if counts[i] > 0), key=lambda i: rem[i])
+        for i in order[:-diff]:
+            counts[i] -= 1
+        diff = total - sum(counts)
+    return counts
+
+
+def random_layer_masks(
+    named: Sequence[tuple[str, torch.Tensor]], counts: Sequence[int], generator: torch.Generator
+) -> Masks:
+    """Exactly counts[i] kept weights in the i-th layer, at positions uniform at random (one
+    ``randperm`` per layer, in order, from ``generator``), on each weight's device."""
+    masks: Masks = {}
+    for (name, w), c in zip(named, counts, strict=True):
+        flat = torch.zeros(w.numel(), dtype=torch.bool)
+        flat[torch.randperm(w.numel(), generator=generator)[:c]] = True
+        masks[name] = flat.view(w.shape).to(w.device)
+    return masks
+
+
+def random_global_masks(
+    named: Sequence[tuple[str, torch.Tensor]], kappa: float, generator: torch.Generator
+) -> Masks:
+    """Uniformly random global masks with exactly floor(kappa * N) pruned weights."""
+    n = sum(w.numel() for _, w in named)
+    flat = torch.ones(n, dtype=torch.bool)
+    flat[torch.randperm(n, generator=generator)[: target_zeros(kappa, n)]] = False
+    return split_flat(flat, named)
+
+
+def split_flat(flat: torch.Tensor, like: Sequence[tuple[str, torch.Tensor]]) -> Masks:
+    """A flat vector cut into per-layer tensors shaped as ``like`` (its order)."""
+    out: Masks = {}
+    offset = 0
+    for name, t in like:
+        out[name] = flat[offset : offset + t.numel()].view(t.shape).clone()
+        offset += t.numel()
+    return out
 
 
 def flat_abs(weights: Iterable[torch.Tensor]) -> torch.Tensor:
@@ -87,19 +160,14 @@ def topk_masks_from_scores(
         keep_flat = flat > thr
         ties = torch.nonzero(flat == thr).flatten()
         keep_flat[ties[: keep - int(keep_flat.sum())]] = True
-    masks: Masks = {}
-    offset = 0
-    for name, s in items:
-        masks[name] = keep_flat[offset : offset + s.numel()].view_as(s).clone()
-        offset += s.numel()
-    return masks
+    return split_flat(keep_flat, items)
 
 
 def magnitude_masks(named_weights: list[tuple[str, torch.Tensor]], kappa: float) -> Masks:
     """Global magnitude masks with exactly floor(kappa*N) zeros (smallest |w| pruned)."""
     n = sum(w.numel() for _, w in named_weights)
-    keep = n - target_zeros(kappa, n)
-    return topk_masks_from_scores([(k, w.detach().abs()) for k, w in named_weights], keep)
+    return topk_masks_from_scores([(k, w.detach().abs()) for k, w in named_weights],
+                                  keep_count(kappa, n))
 
 
 def model_masks_by_magnitude(model: nn.Module, kappa: float) -> Masks:
@@ -167,7 +235,7 @@ def sparsity_report(state: Mapping[str, torch.Tensor]) -> dict:
     """
     items = prunable_state_items(state)
     total = sum(v.numel() for _, v in items)
-    zeros = sum(int((v == 0).sum()) for _, v in items)
+    zeros = count_zeros(v for _, v in items)
     density = {k: float((v != 0).sum()) / v.numel() for k, v in items}
     return {
         "num_prunable": total,

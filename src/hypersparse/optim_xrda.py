@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from .masks import is_prunable_tensor
+
 
 def cosine_schedule(k: int, K: int, h0: float) -> tuple[float, float]:
     """(step size h_k, averaging parameter beta_k) of the cosine schedule at iteration k of K.
@@ -47,7 +49,8 @@ class XRDA(Optimizer):
 
     1. g = grad + wd * p (weight decay on every parameter, biases and BN included, as the
        authors' code does; unlike their code, ``p.grad`` itself is left unchanged).
-    2. Only for prunable tensors (``p.dim() >= 2``: conv/linear weights):
+    2. Only for prunable tensors (:func:`hypersparse.masks.is_prunable_tensor`: conv/linear
+       weights):
        a <- exp(-h/tau_b) a + (1 - exp(-h/tau_b)) |p|   (a starts at 0, is per weight),
        c = :func:`l1_weights` (a, M)  (max(a) per tensor, as in ``regularization/l1_prox.py``),
        B <- beta B + h c   (B starts at 0).
@@ -131,7 +134,7 @@ class XRDA(Optimizer):
         da: tuple[float, float],
     ) -> None:
         state = self.state[p]
-        prunable = p.dim() >= 2
+        prunable = is_prunable_tensor(p)
         if len(state) == 0:
             state["z"] = p.detach().clone()
             state["v"] = torch.zeros_like(p)

@@ -94,7 +94,8 @@ def check_planned_runs(runs: Iterable[PlannedRun]) -> list[str]:
     - For runs that will train: every existing data cache they read matches its checksums,
       and every existing dense file loads safely and comes from a dense run that succeeded.
     """
-    from .runner import FINAL_DIR, _finished_metrics, seal, spec_differences
+    from .runner import FINAL_DIR, _finished_metrics, seal
+    from .spec import spec_differences
 
     problems: list[str] = []
     caches: dict[Path, str | None] = {}
@@ -165,7 +166,7 @@ def _cache_problem(prepared: Path) -> str | None:
 
 def _dense_problem(path: Path) -> str | None:
     """A dense input that cannot be used, else None (missing files are built by the workflow)."""
-    from .io import CheckpointError, safe_torch_load
+    from .io import CheckpointError, model_state, safe_torch_load
     from .runner import _finished_metrics
 
     run_dir = path.parent
@@ -180,7 +181,7 @@ def _dense_problem(path: Path) -> str | None:
         obj = safe_torch_load(path)
     except CheckpointError:
         return f"{path} cannot be loaded (truncated, corrupt or unsafe); {fix}"
-    state = obj["model"] if isinstance(obj, dict) and "model" in obj else obj
+    state = model_state(obj)
     if not isinstance(state, dict) or not state:
         return f"{path} holds no model weights; {fix}"
     return None

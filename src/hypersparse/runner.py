@@ -31,12 +31,13 @@ from .io import (
     atomic_torch_save,
     atomic_write_json,
     git_commit,
+    model_state,
     package_versions,
     remove_stale_temp_files,
     safe_torch_load,
 )
 from .methods import build_params, get_method
-from .spec import RunSpec
+from .spec import RunSpec, spec_differences
 
 log = logging.getLogger("hypersparse")
 
@@ -105,7 +106,7 @@ def check_dense_source(spec: RunSpec, dense: DenseFiles | None) -> None:
     for name in needed:
         path = dense / name
         obj = safe_torch_load(path)
-        state = obj["model"] if isinstance(obj, dict) and "model" in obj else obj
+        state = model_state(obj)
         if not isinstance(state, dict):
             raise CheckpointError(f"checkpoint {path} holds no state dict")
         load_state_dict_checked(model, state, str(path))
@@ -183,18 +184,6 @@ def restore_sealed(run_dir: Path) -> list[str]:
             run_dir, ", ".join(restored), FINAL_DIR, run_dir,
         )
     return restored
-
-
-def spec_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """Top-level spec keys in which two run specs differ (params.<name> for method params)."""
-    out = []
-    for k in sorted(set(a) | set(b)):
-        if k == "params" and isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
-            pa, pb = a[k], b[k]
-            out += [f"params.{n}" for n in sorted(set(pa) | set(pb)) if pa.get(n) != pb.get(n)]
-        elif a.get(k) != b.get(k):
-            out.append(k)
-    return out
 
 
 def execute(

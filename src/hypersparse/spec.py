@@ -167,3 +167,15 @@ def _jsonable(x: Any) -> Any:
 def kappa_tag(kappa: float) -> str:
     """Folder tag of a pruning rate: k0.9, k0.995, dense k0."""
     return "k0" if kappa == 0 else f"k{kappa!r}"
+
+
+def spec_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Top-level spec keys in which two run specs differ (params.<name> for method params)."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if k == "params" and isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            pa, pb = a[k], b[k]
+            out += [f"params.{n}" for n in sorted(set(pa) | set(pb)) if pa.get(n) != pb.get(n)]
+        elif a.get(k) != b.get(k):
+            out.append(k)
+    return out

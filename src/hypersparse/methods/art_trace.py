@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .. import masks as M
-from ..io import atomic_torch_save, atomic_write, atomic_write_text, safe_torch_load
+from ..io import atomic_torch_save, atomic_write, atomic_write_csv, safe_torch_load
 from ..regularizers import hypersparse_grad
 
 GRAD_QUANTILES = np.linspace(0.5, 1.0, 512)  # relative ranks in ascending sorted |w|
@@ -248,18 +248,10 @@ def arrays_from_state(state: dict[str, Any]) -> dict[str, np.ndarray]:
             for k, v in state.items()}
 
 
-def _fmt(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    return repr(float(v)) if isinstance(v, float) else str(v)
-
-
 def write_trace_files(run_dir: Path, rows: list[dict[str, Any]], arrays: dict[str, np.ndarray]) -> None:
     """art_trace.csv (missing values empty) and art_trace.npz, each written atomically."""
     run_dir = Path(run_dir)
-    lines = [",".join(CSV_COLUMNS)]
-    lines += [",".join(_fmt(r.get(c)) for c in CSV_COLUMNS) for r in rows]
-    atomic_write_text(run_dir / "art_trace.csv", "\n".join(lines) + "\n")
+    atomic_write_csv(run_dir / "art_trace.csv", CSV_COLUMNS, rows, nan="")
 
     def save(tmp: str) -> None:
         with open(tmp, "wb") as fh:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from ..engine import MaskHooks, Phase, Trainer
 from ..errors import UserError
-from ..io import load_state_dict_checked, safe_torch_load
+from ..io import load_state_dict_checked, model_state, safe_torch_load
 from ..masks import Masks
 from ..spec import RunSpec
 
@@ -111,7 +111,7 @@ def load_dense_weights(trainer: Trainer, path: Path) -> dict[str, Any]:
     Returns the whole loaded object so callers can take e.g. its optimizer state.
     """
     obj = safe_torch_load(path, map_location=trainer.device)
-    state = obj["model"] if isinstance(obj, dict) and "model" in obj else obj
+    state = model_state(obj)
     load_state_dict_checked(trainer.model, state, str(path))
     return obj
 

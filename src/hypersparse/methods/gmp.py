@@ -37,7 +37,6 @@ import torch
 from .. import masks as M
 from ..engine import MaskHooks, Trainer
 from .base import Method, load_dense_weights, register
-from .pai_scores import apportion
 
 MIN_INCREMENTS = 10  # short schedules still prune in at least this many steps
 
@@ -132,7 +131,7 @@ class GMPHooks(MaskHooks):
         """Zeros per layer: floor(s n_l), or at the end exact shares of floor(kappa N)."""
         if not final:
             return [M.target_zeros(sparsity, n) for n in sizes]
-        return apportion([self.kappa * n for n in sizes], sizes, M.target_zeros(self.kappa,
+        return M.apportion([self.kappa * n for n in sizes], sizes, M.target_zeros(self.kappa,
                                                                                sum(sizes)))
 
     @torch.no_grad()

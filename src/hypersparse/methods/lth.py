@@ -40,7 +40,6 @@ import torch
 
 from .. import masks as M
 from ..engine import MaskHooks, Phase, Trainer
-from ..io import load_state_dict_checked, safe_torch_load
 from ..models import VGG
 from .base import Method, load_dense_weights, register
 
@@ -172,11 +171,7 @@ class LotteryTicket(Method):
                 "LTH round %d: kappa=%g cannot be reached with the classifier dense; %d of its "
                 "weights are pruned (open_lth would not prune it)", r, self.spec.kappa, cut
             )
-        snap = safe_torch_load(
-            dense_dir / f"snapshot_e{self.p.rewind_epoch}.pt", map_location=trainer.device
-        )
-        state = snap["model"] if isinstance(snap, dict) and "model" in snap else snap
-        load_state_dict_checked(trainer.model, state, f"snapshot_e{self.p.rewind_epoch}.pt")
+        load_dense_weights(trainer, dense_dir / f"snapshot_e{self.p.rewind_epoch}.pt")
         M.apply_masks(trainer.model, M.masks_to(masks, trainer.device))
         return masks
 
@@ -214,6 +209,6 @@ class LotteryTicket(Method):
                 "sparsity_per_round": [z / n for z in zeros],
                 "rewind_epoch": self.p.rewind_epoch,
                 "spared_layers": sorted(spared),
-                "classifier_zeros": sum(int((named[k] == 0).sum()) for k in spared),
+                "classifier_zeros": M.count_zeros(named[k] for k in spared),
             }
         }

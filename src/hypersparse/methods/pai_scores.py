@@ -16,15 +16,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..masks import Masks, prunable_named_weights, target_zeros, topk_masks_from_scores
+from ..masks import (
+    Masks,
+    apportion,
+    keep_count,
+    prunable_named_weights,
+    random_global_masks,
+    random_layer_masks,
+    topk_masks_from_scores,
+)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Scores = list[tuple[str, torch.Tensor]]
-
-
-def keep_count(kappa: float, n: int) -> int:
-    """Number of weights kept at pruning rate kappa: N - floor(kappa*N)."""
-    return n - target_zeros(kappa, n)
 
 
 def _total(named: Sequence[tuple[str, torch.Tensor]]) -> int:
@@ -41,23 +44,9 @@ def masks_remove_highest(scores: Scores, kappa: float) -> Masks:
     return topk_masks_from_scores([(k, -s) for k, s in scores], keep_count(kappa, _total(scores)))
 
 
-def _split_flat(flat: torch.Tensor, like: Sequence[tuple[str, torch.Tensor]]) -> Masks:
-    out: Masks = {}
-    offset = 0
-    for name, t in like:
-        out[name] = flat[offset : offset + t.numel()].view(t.shape).clone()
-        offset += t.numel()
-    return out
-
-
 def random_masks(model: nn.Module, kappa: float, generator: torch.Generator) -> Masks:
     """Uniformly random global mask with exactly floor(kappa*N) pruned weights."""
-    named = prunable_named_weights(model)
-    n = _total(named)
-    pruned = torch.randperm(n, generator=generator)[: target_zeros(kappa, n)]
-    flat = torch.ones(n, dtype=torch.bool)
-    flat[pruned] = False
-    return _split_flat(flat, named)
+    return random_global_masks(prunable_named_weights(model), kappa, generator)
 
 
 def _scoring_copy(model: nn.Module) -> tuple[nn.Module, Scores]:
@@ -195,32 +184,6 @@ def synflow_masks(
     return {k: v.cpu() for k, v in masks.items()}
 
 
-def apportion(expected: Sequence[float], caps: Sequence[int], total: int) -> list[int]:
-    """Integer counts close to ``expected`` (each in [0, cap]) summing exactly to ``total``.
-
-    Largest-remainder rule: floor every entry, then hand the missing units one by one to the
-    entries with the largest fractional parts (ties: earlier entry first), skipping full ones.
-    """
-    if not 0 <= total <= sum(caps):
-        raise ValueError(f"cannot place {total} weights in layers of sizes {list(caps)}")
-    counts = [min(c, max(0, math.floor(e))) for e, c in zip(expected, caps, strict=True)]
-    rem = [e - math.floor(e) for e in expected]
-    diff = total - sum(counts)
-    while diff > 0:
-        order = sorted(
-            (i for i in range(len(counts)) if counts[i] < caps[i]), key=lambda i: -rem[i]
-        )
-        for i in order[:diff]:
-            counts[i] += 1
-        diff = total - sum(counts)
-    while diff < 0:
-        order = sorted((i for i in range(len(counts)) if counts[i] > 0), key=lambda i: rem[i])
-        for i in order[:-diff]:
-            counts[i] -= 1
-        diff = total - sum(counts)
-    return counts
-
-
 def smart_ratio_densities(
     sizes: Sequence[int],
     is_linear: Sequence[bool],
@@ -290,9 +253,4 @@ def smart_ratio_masks(
         sizes, [id(w) in linear_weights for _, w in named], keep, linear_keep_ratio, index_decay
     )
     counts = apportion([d * n for d, n in zip(dens, sizes, strict=True)], sizes, keep)
-    masks: Masks = {}
-    for (name, w), c in zip(named, counts, strict=True):
-        flat = torch.zeros(w.numel(), dtype=torch.bool)
-        flat[torch.randperm(w.numel(), generator=generator)[:c]] = True
-        masks[name] = flat.view(w.shape)
-    return masks
+    return random_layer_masks(named, counts, generator)

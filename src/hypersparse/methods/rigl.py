@@ -94,21 +94,9 @@ def layer_keep_counts(
             break
         full |= grown
     counts = {k: sizes[k] for k in full}
-    real = {k: min(eps * raw[k] * sizes[k], float(sizes[k])) for k in rest}
-    counts.update({k: int(math.floor(v)) for k, v in real.items()})
+    real = [min(eps * raw[k] * sizes[k], float(sizes[k])) for k in rest]
     left = keep - sum(counts.values())
-    order = sorted(rest, key=lambda k: -(real[k] - math.floor(real[k])))  # stable: layer order
-    while left > 0:
-        progressed = False
-        for k in order:
-            if left == 0:
-                break
-            if counts[k] < sizes[k]:
-                counts[k] += 1
-                left -= 1
-                progressed = True
-        if not progressed:
-            raise ValueError("no room left to place the kept weights")  # cannot happen
+    counts.update(zip(rest, M.apportion(real, [sizes[k] for k in rest], left), strict=True))
     return counts
 
 
@@ -122,19 +110,6 @@ def drop_fraction(step: int, alpha: float, t_end: int) -> float:
 def update_steps(delta_t: int, t_end: int) -> list[int]:
     """SGD-step counts t at which the reference updates the mask: 0, delta_t, ..., <= T_end."""
     return list(range(0, t_end + 1, delta_t))
-
-
-def random_layer_masks(
-    named: list[tuple[str, torch.Tensor]], counts: dict[str, int], seed: int
-) -> M.Masks:
-    """Exactly counts[name] kept weights per layer, positions uniform at random."""
-    gen = torch.Generator().manual_seed(seed)
-    masks: M.Masks = {}
-    for name, w in named:
-        flat = torch.zeros(w.numel(), dtype=torch.bool)
-        flat[torch.randperm(w.numel(), generator=gen)[: counts[name]]] = True
-        masks[name] = flat.view(w.shape).to(w.device)
-    return masks
 
 
 @torch.no_grad()
@@ -258,12 +233,13 @@ class RigL(Method):
         """
         named = M.prunable_named_weights(model)
         n = sum(w.numel() for _, w in named)
-        keep = n - M.target_zeros(self.spec.kappa, n)
+        keep = M.keep_count(self.spec.kappa, n)
         dense = {named[0][0]} if self.p.dense_first_layer and named else set()
         counts = layer_keep_counts(
             [(k, tuple(w.shape)) for k, w in named], keep, self.p.distribution, dense
         )
-        masks = random_layer_masks(named, counts, self.spec.seed)
+        gen = torch.Generator().manual_seed(self.spec.seed)
+        masks = M.random_layer_masks(named, [counts[k] for k, _ in named], gen)
         return {k: m for k, m in masks.items() if k not in dense}
 
     def run(self, trainer: Trainer, dense_dir: Path | None) -> dict[str, Any]:

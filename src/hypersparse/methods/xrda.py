@@ -72,7 +72,7 @@ def resolved_taus(p: XRDAParams, dataset: str, model: str) -> tuple[float, float
 def _zero_count(model: nn.Module) -> tuple[int, int]:
     """(exact zeros, N) over the prunable weights of ``model``."""
     ws = M.prunable_weights(model)
-    return sum(int((w == 0).sum()) for w in ws), sum(w.numel() for w in ws)
+    return M.count_zeros(ws), sum(w.numel() for w in ws)
 
 
 class _XRDAStats(Hooks):
