@@ -465,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"hypersparse: error: {exc}", file=sys.stderr)
-        return 3 if type(exc).__name__ == "DivergenceError" else 2
+        return exc.exit_code
     except (ValueError, KeyError, FileNotFoundError, ImportError, TypeError) as exc:
         print(f"hypersparse: error: {exc}", file=sys.stderr)
         return 2

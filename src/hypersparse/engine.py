@@ -58,7 +58,10 @@ CHECKPOINT_KEYS = ("spec", "phase", "phase_epoch", "epoch", "model", "optimizer"
 
 
 class DivergenceError(UserError, RuntimeError):
-    """Training produced a non-finite loss."""
+    """Training produced a non-finite loss (exit status 3: the workflow records the run as
+    failed instead of stopping)."""
+
+    exit_code = 3
 
 
 class CompileUnavailableError(UserError, RuntimeError):
@@ -170,6 +173,10 @@ class Hooks:
     def on_phase_end(self, trainer: Trainer) -> dict[str, Any]:
         """When the phase ends (before its final checkpoint); returns phase results."""
         return {}
+
+    def divergence_hint(self) -> str:
+        """The likely cause named when the loss of this phase turns non-finite."""
+        return "a learning rate that is too large (optim.lr)"
 
     def state_dict(self) -> dict[str, Any]:
         """Method state to checkpoint (tensors, numbers, strings, lists, dicts only)."""
@@ -681,8 +688,7 @@ class Trainer:
         if not math.isfinite(train_loss):
             raise DivergenceError(
                 f"training diverged in phase {phase.name!r} at epoch {self.epoch}: the mean "
-                f"training loss is {train_loss}. Likely cause: a learning rate or a "
-                "regularisation strength (lambda_init, eta) that is too large."
+                f"training loss is {train_loss}. Likely cause: {hooks.divergence_hint()}."
             )
         if self.scheduler is not None:
             self.scheduler.step()

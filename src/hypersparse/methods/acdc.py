@@ -126,7 +126,14 @@ class ACDCHooks(MaskHooks):
 
     def on_phase_end(self, trainer: Trainer) -> dict[str, Any]:
         self.set_mode(trainer, "sparse")  # no-op unless the schedule ended dense
-        return {"acdc_modes": self.modes, "acdc_sparse_phases": self.sparse_phases}
+        return {
+            "acdc": {
+                "modes": "".join("S" if m == "sparse" else "D" for m in self.modes),
+                "sparse_phases": self.sparse_phases,
+                "dense_epochs": sum(m == "dense" for m in self.modes),
+                "sparse_epochs": sum(m == "sparse" for m in self.modes),
+            }
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -153,12 +160,4 @@ class ACDC(Method):
     def run(self, trainer: Trainer, dense_dir: Path | None) -> dict[str, Any]:
         hooks = ACDCHooks(self.p, self.spec.kappa)
         result = trainer.fit(self.finetune_phase("acdc"), hooks)
-        modes = result.get("acdc_modes", [])
-        return {
-            "acdc": {
-                "modes": "".join("S" if m == "sparse" else "D" for m in modes),
-                "sparse_phases": result.get("acdc_sparse_phases"),
-                "dense_epochs": sum(m == "dense" for m in modes),
-                "sparse_epochs": sum(m == "sparse" for m in modes),
-            }
-        }
+        return {"acdc": result["acdc"]}

@@ -201,6 +201,9 @@ class ArtHooks(Hooks):
         self._loader: Any = None
         self._alpha: float | torch.Tensor = 0.0
 
+    def divergence_hint(self) -> str:
+        return ("a learning rate or a regularisation strength (lambda_init, eta) that is too "
+                "large")
     def _select_path(self, trainer: Trainer) -> None:
         if self._hs is not None and trainer.step_mode != "off":
             self._hs.sync_free = True  # the step may be captured: a_k found on the device

@@ -172,8 +172,8 @@ class GMPHooks(MaskHooks):
         # Safety net (e.g. a zero-step phase): the final model must have exactly the target.
         self.prune(trainer, self.kappa, final=True)
         begin, end, dt = self.schedule
-        return {"gmp_schedule": {"begin": begin, "end": end, "dt": dt, "scope": self.p.scope},
-                "gmp_prune_log": self.log}
+        return {"gmp": {"begin": begin, "end": end, "dt": dt, "scope": self.p.scope,
+                        "prune_steps": len(self.log)}}
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "schedule": list(self.schedule),
@@ -207,5 +207,4 @@ class GradualMagnitude(Method):
                 load_dense_weights(t, dense_dir / "model.pt")
 
         result = trainer.fit(self.finetune_phase("gmp"), hooks, on_start=start)
-        return {"gmp": {**result.get("gmp_schedule", {}), "prune_steps": len(
-            result.get("gmp_prune_log", []))}}
+        return {"gmp": result["gmp"]}

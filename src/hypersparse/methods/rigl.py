@@ -196,11 +196,8 @@ class RigLHooks(MaskHooks):
         self.updates += 1
 
     def on_phase_end(self, trainer: Trainer) -> dict[str, Any]:
-        return {
-            "rigl_updates": self.updates,
-            "rigl_t_end": self.t_end,
-            "rigl_sgd_steps": self.sgd_steps,
-        }
+        return {"rigl": {"updates": self.updates, "t_end": self.t_end,
+                         "sgd_steps": self.sgd_steps}}
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -249,10 +246,4 @@ class RigL(Method):
             hooks.masks = self.initial_masks(t.model)
 
         result = trainer.fit(self.finetune_phase("rigl"), hooks, on_start=start)
-        return {
-            "rigl": {
-                "updates": result.get("rigl_updates"),
-                "t_end": result.get("rigl_t_end"),
-                "sgd_steps": result.get("rigl_sgd_steps"),
-            }
-        }
+        return {"rigl": result["rigl"]}
