@@ -96,8 +96,7 @@ def test_estimate_counts_jobs_epochs_and_hours(tmp_path, capsys):
     out = capsys.readouterr().out
     # per grid: dense + 14 methods at 6 kappas + xrda once; 3 data sets x 2 models x 3 seeds
     assert f"{18 * (1 + 14 * 6 + 1)} training jobs" in out
-    lines = {ln.split()[1]: ln for ln in out.splitlines() if ln.startswith(("dense ", "art ",
-                                                                          "sparse "))}
+    lines = {ln.split()[1]: ln for ln in out.splitlines() if ln.startswith(("dense ", "sparse "))}
     # dense: 3 data sets x 2 models x 3 seeds, 160 epochs each
     assert re.search(r"\b18\s+2,880\b", lines["dense"]), lines["dense"]
     # LTH: rounds per kappa (6 kappas) x 155 epochs per round, 18 grids

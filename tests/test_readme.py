@@ -118,3 +118,12 @@ def test_gpu_suite_command_is_safe_without_a_gpu():
     for cmd in (c for c in COMMANDS if c.startswith("bash benchmarks/")):
         proc = _run(shlex.split(cmd), REPO, timeout=120)
         assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr
+
+
+def test_the_plugin_example_is_the_tested_plugin():
+    """The README's "Adding a method" code is tests/plugins/init_magnitude.py (which the
+    workflow tests run as a plugin)."""
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("# mymethods/init_magnitude.py\n", 1)[1].split("```", 1)[0]
+    plugin = (REPO / "tests" / "plugins" / "init_magnitude.py").read_text()
+    assert block.strip() in plugin and len(block.strip().splitlines()) >= 15

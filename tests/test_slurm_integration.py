@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
 CONFIG = ROOT / "tests" / "data" / "slurm_config.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "workflow" / "Snakefile")]
-TRAINING_RULES = ("dense", "sparse", "art")
+TRAINING_RULES = ("dense", "sparse")
 RULE_DEF = re.compile(r"^(?:local)?rule\s+(\w+)\s*:", re.MULTILINE)
 # Columns that legitimately differ between two executions of the same run.
 VOLATILE = re.compile(r"time|seconds|duration|date|host|commit|path|dir", re.IGNORECASE)

@@ -23,14 +23,12 @@ def expected_counts(cfg: dict) -> dict[str, int]:
     cells = len(cfg["datasets"]) * len(cfg["models"])
     seeds = len(cfg["seeds"])
     per_kappa = sparse_methods(cfg)
-    art = [m for m in per_kappa if method_entry(m, cfg["methods"][m])[0] == "art"]
     once = [m for m in cfg["methods"] if m not in per_kappa]
-    n_kappas = {m: len(method_kappas(cfg, m)) for m in per_kappa}
+    art = [m for m in per_kappa if method_entry(m, cfg["methods"][m])[0] == "art"]
     counts = {
         "prepare_data": len(cfg["datasets"]),
         "dense": cells * seeds,
-        "sparse": cells * seeds * (sum(n_kappas[m] for m in per_kappa if m not in art) + len(once)),
-        "art": cells * seeds * sum(n_kappas[m] for m in art),
+        "sparse": cells * seeds * (sum(len(method_kappas(cfg, m)) for m in per_kappa) + len(once)),
         "table": cells,
         "aggregate": 1,
         "figure": cells * (4 + (4 if art else 0)),

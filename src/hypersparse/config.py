@@ -382,6 +382,30 @@ def dense_inputs(cfg: dict[str, Any], label: str) -> list[str]:
     return get_method(family).dense_inputs(build_params(family, params))
 
 
+def extra_outputs(cfg: dict[str, Any], label: str) -> list[str]:
+    """Files method ``label`` writes into a run folder besides every run's own."""
+    from .methods import get_method
+
+    if label == "dense":
+        return []
+    return list(get_method(method_entry(label, cfg["methods"][label])[0]).extra_outputs)
+
+
+def method_figures(cfg: dict[str, Any]) -> dict[str, list[str]]:
+    """Figure name -> the run labels it shows, for the figures the config's methods declare
+    (e.g. ART's trace figures, labels in the family's figure order)."""
+    from .methods import build_params, get_method
+
+    out: dict[str, list[tuple[int, int, str]]] = {}
+    for i, (label, e) in enumerate(cfg["methods"].items()):
+        family, params = method_entry(label, e)
+        cls = get_method(family)
+        rank = cls.figure_order(build_params(family, params))
+        for fig in cls.figures:
+            out.setdefault(fig, []).append((rank, i, label))
+    return {fig: [label for _, _, label in sorted(v)] for fig, v in out.items()}
+
+
 def run_spec(
     cfg: dict[str, Any], dataset: str, model: str, method: str, kappa: float, seed: int
 ) -> dict[str, Any]:
@@ -411,7 +435,7 @@ def run_spec(
 
 
 def run_dir(cfg: dict[str, Any], dataset: str, model: str, method: str, kappa: Any, seed: Any) -> str:
-    """results/runs/{dataset}/{model}/{method}/k{kappa}/seed{seed}."""
-    from .spec import kappa_tag
+    """The run folder: <results_dir>/runs/ + spec.RUN_PATTERN."""
+    from .spec import run_relpath
 
-    return f"{cfg['results_dir']}/runs/{dataset}/{model}/{method}/{kappa_tag(float(kappa))}/seed{seed}"
+    return f"{cfg['results_dir']}/runs/{run_relpath(dataset, model, method, float(kappa), seed)}"

@@ -133,11 +133,10 @@ def grid_jobs(cfg: dict[str, Any], device: str = "gpu", table: dict | None = Non
                     cls = get_method(family)
                     built = build_params(family, params)
                     kappas = method_kappas(cfg, label) if label in sparse else [0.0]
-                    rule = "art" if family == "art" else "sparse"
                     for kappa in kappas:
                         epochs = cls.estimated_epochs(built, cfg["dense"], cfg["finetune"],
                                                       kappa, art_epochs)
-                        jobs.append(JobCost(rule, label, dataset, model, float(kappa), seed,
+                        jobs.append(JobCost("sparse", label, dataset, model, float(kappa), seed,
                                             epochs, sec, status))
     return jobs
 

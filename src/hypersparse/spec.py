@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,9 +166,50 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def kappa_tag(kappa: float) -> str:
-    """Folder tag of a pruning rate: k0.9, k0.995, dense k0."""
-    return "k0" if kappa == 0 else f"k{kappa!r}"
+RUN_PATTERN = "{dataset}/{model}/{method}/k{kappa}/seed{seed}"
+"""Where a run lives under ``<results_dir>/runs`` (dense runs: method ``dense``, kappa 0).
+The one spelling of the layout: paths are formatted from it, the workflow uses it as the
+wildcard pattern of its training rules (run folders, logs, benchmark files) and analysis
+parses folder names with it."""
+RUN_DEPTH = RUN_PATTERN.count("/") + 1  # folder levels of a run below the runs folder
+
+_FIELD_RE = {"dataset": r"[^/]+", "model": r"[^/]+", "method": r"[^/]+",
+             "kappa": r"\d+(?:\.\d+)?(?:e-?\d+)?", "seed": r"\d+"}
+RUN_GLOB = re.sub(r"\{\w+\}", "*", RUN_PATTERN)  # every run folder, for Path.glob
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """RUN_PATTERN as a regular expression with one named group per field."""
+    out, pos = [], 0
+    for m in re.finditer(r"\{(\w+)\}", pattern):
+        out += [re.escape(pattern[pos:m.start()]), f"(?P<{m[1]}>{_FIELD_RE[m[1]]})"]
+        pos = m.end()
+    return re.compile("^" + "".join(out) + re.escape(pattern[pos:]) + "$")
+
+
+_RUN_RE = _pattern_regex(RUN_PATTERN)
+
+
+def kappa_text(kappa: float) -> str:
+    """A pruning rate as written in folder names: 0.9, 0.995; dense 0."""
+    return "0" if float(kappa) == 0 else repr(float(kappa))
+
+
+def run_relpath(dataset: str, model: str, method: str, kappa: float, seed: int) -> str:
+    """The run folder of a spec's identity, relative to the runs folder (RUN_PATTERN)."""
+    return RUN_PATTERN.format(dataset=dataset, model=model, method=method,
+                              kappa=kappa_text(kappa), seed=int(seed))
+
+
+def parse_run_relpath(parts: Sequence[str]) -> dict[str, Any] | None:
+    """dataset/model/method/kappa/seed of a run folder's last RUN_DEPTH path parts (None if
+    they do not follow RUN_PATTERN)."""
+    m = _RUN_RE.match("/".join(parts[-RUN_DEPTH:])) if len(parts) >= RUN_DEPTH else None
+    if m is None:
+        return None
+    d: dict[str, Any] = m.groupdict()
+    d["kappa"], d["seed"] = float(d["kappa"]), int(d["seed"])
+    return d
 
 
 def spec_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:

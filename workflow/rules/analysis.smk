@@ -70,7 +70,7 @@ rule figure:
     log:
         f"{RES}/logs/figures/{{figure}}_{{dataset}}_{{model}}.log",
     wildcard_constraints:
-        figure="|".join(FIGURES_PER_GRID + FIGURES_ART),
+        figure="|".join(FIGURES_PER_GRID + list(FIGURES_OF_METHODS)),
     localrule: True
     conda:
         "../../environment.yml"

@@ -20,6 +20,7 @@ from hypersparse import config as hsconfig
 from hypersparse import preflight
 from hypersparse.data import prepared_dir
 from hypersparse.runner import FINAL_DIR, finished
+from hypersparse.spec import RUN_DEPTH, RUN_PATTERN
 
 # config/config.yaml is the default; --configfile replaces it whole (no merging of method
 # lists), --config overrides top-level keys of whichever file is used.
@@ -46,12 +47,11 @@ FIGS = CFG["figures_dir"]
 DATA = CFG["data_root"]
 SPARSE = hsconfig.sparse_methods(CFG)
 KAPPA_FREE = hsconfig.kappa_free_methods(CFG)
-ART = [
-    m for m in CFG["methods"] if hsconfig.method_entry(m, CFG["methods"][m])[0] == "art"
-]
-NON_ART = [m for m in SPARSE + KAPPA_FREE if m not in ART]
 SNAPSHOTS = hsconfig.snapshot_epochs(CFG)
-RUN = f"{RUNS}/{{dataset}}/{{model}}/{{method}}/k{{kappa}}/seed{{seed}}"
+# The one spelling of a run's place (spec.RUN_PATTERN), here as the training rules' wildcards.
+RUN = f"{RUNS}/{RUN_PATTERN}"
+RUN_LOG = f"{RES}/logs/{RUN_PATTERN}.log"
+RUN_BENCHMARK = f"{RES}/benchmarks/{RUN_PATTERN}.tsv"
 RUN_FILES = ("metrics.json", "model.pt", "history.csv", "spec.json")
 
 
@@ -62,7 +62,7 @@ wildcard_constraints:
     seed=r"[0-9]+",
 
 
-TRAIN_RULES = ("dense", "sparse", "art")
+TRAIN_RULES = ("dense", "sparse")
 _FINISHED = {}
 
 
@@ -73,23 +73,15 @@ def is_finished(run_dir):
     return _FINISHED[run_dir]
 
 
-def wc_run_dir(wc, method=None, kappa=None):
+def wc_run_dir(wc):
     """The run folder of a training job's wildcards."""
-    return hsconfig.run_dir(
-        CFG,
-        wc.dataset,
-        wc.model,
-        method or wc.method,
-        wc.kappa if kappa is None else kappa,
-        wc.seed,
-    )
+    return hsconfig.run_dir(CFG, wc.dataset, wc.model, wc.method, wc.kappa, wc.seed)
 
 
 def train_data(wc):
     """The data cache a training job reads; none for a finished run, which never reruns
     because an input changed (a finished run is never retrained)."""
-    run = wc_run_dir(wc, "dense", 0.0) if "method" not in wc.keys() else wc_run_dir(wc)
-    return [] if is_finished(run) else data_files(wc.dataset)
+    return [] if is_finished(wc_run_dir(wc)) else data_files(wc.dataset)
 
 
 def data_files(dataset):
@@ -100,14 +92,12 @@ def data_files(dataset):
     return [f"{folder}/{name}" for name in ("train.npz", "test.npz", "meta.json")]
 
 
-def spec_json(wc, method=None, kappa=None):
+def spec_json(wc):
     """The resolved run spec of a job, as JSON (Snakemake reruns a job when it changes)."""
-    method = method or wc.method
-    kappa = float(wc.kappa if kappa is None else kappa)
-    return json.dumps(
-        hsconfig.run_spec(CFG, wc.dataset, wc.model, method, kappa, int(wc.seed)),
-        sort_keys=True,
+    spec = hsconfig.run_spec(
+        CFG, wc.dataset, wc.model, wc.method, float(wc.kappa), int(wc.seed)
     )
+    return json.dumps(spec, sort_keys=True)
 
 
 def grid_runs(dataset, model, methods=None):
@@ -166,8 +156,7 @@ DEVICE_OF = _assign_devices() if GPU_IDS else {}
 
 def job_device(wc):
     """GPU index of a training job (None without GPUs)."""
-    run = wc_run_dir(wc, "dense", 0.0) if "method" not in wc.keys() else wc_run_dir(wc)
-    return DEVICE_OF.get(run)
+    return DEVICE_OF.get(wc_run_dir(wc))
 
 
 def train_resources():
@@ -195,7 +184,7 @@ def dense_inputs(wc):
     """The dense run's files a method starts from (none for a finished run)."""
     if is_finished(wc_run_dir(wc)):
         return []
-    dense = hsconfig.run_dir(CFG, wc.dataset, wc.model, "dense", 0.0, wc.seed)
+    dense = hsconfig.run_dir(CFG, wc.dataset, wc.model, "dense", 0, wc.seed)
     return [f"{dense}/{name}" for name in hsconfig.dense_inputs(CFG, wc.method)]
 
 
@@ -211,7 +200,11 @@ def planned_runs():
                 spec=json.loads(job.params.spec),
                 data=[Path(p) for p in job.input.get("data", [])],
                 dense=[Path(p) for p in job.input.get("dense", [])],
-                outputs=[Path(p) for p in job.output],
+                outputs=[Path(p) for p in job.output]
+                + [
+                    Path(job.output.metrics).parent / f
+                    for f in hsconfig.extra_outputs(CFG, job.wildcards.method)
+                ],
             )
         )
     return runs
@@ -245,7 +238,9 @@ FIGURES_PER_GRID = [
     "layer_density",
     "kernel_patterns",
 ]
-FIGURES_ART = ["hs_gradient", "exploration", "art_termination", "magnitudes"]
+FIGURES_OF_METHODS = hsconfig.method_figures(
+    CFG
+)  # e.g. ART's trace figures: their labels
 TABLE_EXTS = ("csv", "md", "tex")
 
 
@@ -258,8 +253,8 @@ def figure_files(name, dataset, model):
 
 
 def runs_root(metrics_path):
-    """results/runs from results/runs/{dataset}/{model}/{method}/k{kappa}/seed{seed}/metrics.json."""
-    return str(Path(metrics_path).parents[5])
+    """The runs folder of a run's metrics.json (RUN_PATTERN levels above its folder)."""
+    return str(Path(metrics_path).parents[RUN_DEPTH])
 
 
 def all_targets():
@@ -268,36 +263,29 @@ def all_targets():
     for d in DATASETS:
         for m in CFG["models"]:
             out += table_files(d, m)
-            for name in FIGURES_PER_GRID + (FIGURES_ART if ART else []):
+            for name in FIGURES_PER_GRID + list(FIGURES_OF_METHODS):
                 out += figure_files(name, d, m)
     return out
 
 
 def figure_kappa_flag(figure):
-    """--kappa of a figure: figures.hs_kappa for the ART trace figures, else figures.kappa."""
+    """--kappa of a figure: figures.hs_kappa for the methods' own (ART trace) figures, else
+    figures.kappa."""
     if figure in ("acc_vs_sparsity", "acc_vs_flops"):  # span every kappa
         return ""
     opts = CFG["figures"]
     kappa = (
         opts["hs_kappa"]
-        if figure in FIGURES_ART and opts["hs_kappa"] is not None
+        if figure in FIGURES_OF_METHODS and opts["hs_kappa"] is not None
         else opts["kappa"]
     )
     return "" if kappa is None else f"--kappa {kappa}"
 
 
 def figure_method_flags(figure):
-    """Which run labels the ART figures show: the config's ART entries, HS first."""
-    if figure not in FIGURES_ART:
-        return ""
-    regs = ("hs", "l1", "l2")
-    by_reg = sorted(
-        ART,
-        key=lambda m: regs.index((CFG["methods"][m] or {}).get("regularizer", "hs")),
-    )
-    if figure == "hs_gradient":
-        return f"--method {by_reg[0]}"
-    return f"--methods {','.join(by_reg)}"
+    """Which run labels a method's own figure shows (the method's order: ART's HS first)."""
+    labels = FIGURES_OF_METHODS.get(figure)
+    return f"--methods {','.join(labels)}" if labels else ""
 
 
 def job_flags():

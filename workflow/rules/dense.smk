@@ -5,18 +5,15 @@ rule dense:
     input:
         data=train_data,
     output:
-        **{
-            f.split(".")[0]: f"{RUNS}/{{dataset}}/{{model}}/dense/k0/seed{{seed}}/{f}"
-            for f in RUN_FILES
-        },
-        snapshots=[
-            f"{RUNS}/{{dataset}}/{{model}}/dense/k0/seed{{seed}}/snapshot_e{e}.pt"
-            for e in SNAPSHOTS
-        ],
+        **{f.split(".")[0]: f"{RUN}/{f}" for f in RUN_FILES},
+        snapshots=[f"{RUN}/snapshot_e{e}.pt" for e in SNAPSHOTS],
     log:
-        f"{RES}/logs/{{dataset}}/{{model}}/dense/k0/seed{{seed}}.log",
+        RUN_LOG,
     benchmark:
-        f"{RES}/benchmarks/{{dataset}}/{{model}}/dense/k0/seed{{seed}}.tsv"
+        RUN_BENCHMARK
+    wildcard_constraints:
+        method="dense",
+        kappa="0",
     group:
         "train_dense"
     conda:
@@ -26,7 +23,7 @@ rule dense:
         **train_resources(),
     params:
         plugins=job_flags(),
-        spec=lambda wc: spec_json(wc, "dense", 0.0),
+        spec=spec_json,
         out=lambda wc, output: os.path.dirname(output.metrics),
     shell:
         "{resources.pin}python -m hypersparse train --spec-json {params.spec:q} --out {params.out:q} --threads {threads} "

@@ -352,12 +352,15 @@ def hs_gradient(
     model: str | None = None,
     kappa: float | None = None,
     seed: int | None = None,
-    method: str = "art_hs",
+    method: str | None = None,
+    methods: str | Iterable[str] | None = None,
     n_epochs: int = 5,
     rank_min: float = 0.65,
 ) -> list[Path]:
-    """|dL_HS/dw| and sorted |w| vs relative rank for several ART epochs of one run."""
+    """|dL_HS/dw| and sorted |w| vs relative rank for several ART epochs of one run (of
+    ``method``, else the first of ``methods``, else art_hs)."""
     df = _runs(runs_root)
+    method = method or (_methods_opt(methods) or ["art_hs"])[0]
     r = _pick_run(
         df,
         figure="hs_gradient",

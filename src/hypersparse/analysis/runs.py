@@ -1,4 +1,4 @@
-"""Find and read run folders (results/runs/{dataset}/{model}/{method}/k{kappa}/seed{seed}/).
+"""Find and read run folders (results/runs/ + :data:`hypersparse.spec.RUN_PATTERN`).
 
 Everything in analysis is built from these files only, so tables and figures can be rebuilt
 without retraining. A folder counts as a run once its metrics.json exists (written last and
@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from ..spec import RUN_GLOB, RUN_PATTERN, parse_run_relpath
 
 # The tidy columns promised to callers, then a few extras useful for figures.
 COLUMNS: tuple[str, ...] = (
@@ -66,8 +67,6 @@ def spec_key(spec: dict[str, Any] | None) -> str:
     rest = {k: v for k, v in spec.items() if k not in NOT_THE_SETTING}
     return hashlib.sha1(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8]
 
-_KAPPA_RE = re.compile(r"^k(\d+(?:\.\d+)?(?:e-?\d+)?)$")
-_SEED_RE = re.compile(r"^seed(\d+)$")
 
 
 def find_run_dirs(runs_root: Path) -> list[Path]:
@@ -76,7 +75,7 @@ def find_run_dirs(runs_root: Path) -> list[Path]:
     if not runs_root.exists():
         raise FileNotFoundError(
             f"runs folder {runs_root} does not exist; train some runs first "
-            "(results/runs/{dataset}/{model}/{method}/k{kappa}/seed{seed}/)"
+            f"(results/runs/{RUN_PATTERN}/)"
         )
     return sorted(
         p.parent
@@ -87,20 +86,7 @@ def find_run_dirs(runs_root: Path) -> list[Path]:
 
 def parse_run_path(run_dir: Path, runs_root: Path | None = None) -> dict[str, Any]:
     """dataset/model/method/kappa/seed read off the folder names (empty dict if no match)."""
-    parts = Path(run_dir).parts
-    if len(parts) < 5:
-        return {}
-    dataset, model, method, ktag, stag = parts[-5:]
-    km, sm = _KAPPA_RE.match(ktag), _SEED_RE.match(stag)
-    if km is None or sm is None:
-        return {}
-    return {
-        "dataset": dataset,
-        "model": model,
-        "method": method,
-        "kappa": float(km.group(1)),
-        "seed": int(sm.group(1)),
-    }
+    return parse_run_relpath(Path(run_dir).parts) or {}
 
 
 def load_metrics(run_dir: Path) -> dict[str, Any]:
@@ -262,19 +248,16 @@ def load_prunable_weights(run_dir: Path) -> list[tuple[str, np.ndarray]]:
 def write_job_benchmarks(bench_root: Path, out: Path) -> Path:
     """One CSV of Snakemake's per-job benchmark files (wall time s, peak RSS MB, ...).
 
-    Files are ``{bench_root}/{dataset}/{model}/{method}/k{kappa}/seed{seed}.tsv`` as the
-    training rules declare them; the path parts become columns.
+    Files are ``{bench_root}/<RUN_PATTERN>.tsv`` as the training rules declare them; the
+    path parts become columns.
     """
     rows = []
-    for tsv in sorted(Path(bench_root).glob("*/*/*/k*/seed*.tsv")):
-        parts = tsv.relative_to(bench_root).parts
+    for tsv in sorted(Path(bench_root).glob(f"{RUN_GLOB}.tsv")):
+        ident = parse_run_relpath(tsv.relative_to(bench_root).with_suffix("").parts)
         frame = pd.read_csv(tsv, sep="\t")
-        if frame.empty:
+        if ident is None or frame.empty:
             continue
-        row = frame.iloc[-1].to_dict()
-        row.update(dataset=parts[0], model=parts[1], method=parts[2],
-                   kappa=float(parts[3][1:]), seed=int(parts[4][4:-4]))
-        rows.append(row)
+        rows.append({**frame.iloc[-1].to_dict(), **ident})
     cols = ["dataset", "model", "method", "kappa", "seed"]
     table = pd.DataFrame(rows)
     table = table[cols + [c for c in table.columns if c not in cols]] if rows else pd.DataFrame(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 
+# importing the built-in method modules registers them
+from . import acdc, art, dense, gmp, lth, omp, pai, rigl, xrda  # noqa: F401
 from .base import (
     METHODS,
     Method,
@@ -19,25 +21,7 @@ from .base import (
     params_to_dict,
     register,
 )
-
-BUILTIN_MODULES = (
-    "dense",
-    "omp",
-    "art",
-    "pai",
-    "lth",
-    "gmp",
-    "rigl",
-    "acdc",
-    "xrda",
-)
-
-for _name in BUILTIN_MODULES:
-    try:
-        importlib.import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as _exc:  # a module still being written is simply absent
-        if _exc.name != f"{__name__}.{_name}":
-            raise
+from .pai import PruneAtInit
 
 
 def load_plugins(modules: list[str] | tuple[str, ...]) -> None:
@@ -67,6 +51,7 @@ __all__ = [
     "Method",
     "NoParams",
     "ParamError",
+    "PruneAtInit",
     "build_params",
     "get_method",
     "load_dense_weights",

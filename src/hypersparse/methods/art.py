@@ -352,10 +352,17 @@ class AdaptiveRegularizedTraining(Method):
 
     family = "art"
     Params = ArtParams
+    extra_outputs = ("art_trace.csv", "art_trace.npz")
+    figures = ("hs_gradient", "exploration", "art_termination", "magnitudes")
 
     def __init__(self, spec: Any, params: Any) -> None:
         super().__init__(spec, params)
         self._hooks: ArtHooks | None = None
+
+    @classmethod
+    def figure_order(cls, params: Any) -> int:
+        """HyperSparse first, then L1 and L2 (the paper's order; hs_gradient shows HS)."""
+        return ("hs", "l1", "l2").index(params.regularizer)
 
     @classmethod
     def dense_inputs(cls, params: Any) -> list[str]:

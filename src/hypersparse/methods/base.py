@@ -40,6 +40,12 @@ class Method:
     # Optimizer/batch settings this method's reference code uses instead of the grid's
     # `optim` (e.g. xRDA's batch size 128); config `methods.<label>.optim` overrides both.
     optim_defaults: ClassVar[dict[str, Any]] = {}
+    # Files a run writes into its folder besides every run's own (metrics.json, model.pt,
+    # history.csv, spec.json, mask.safetensors): checked by the workflow, kept with the run.
+    extra_outputs: ClassVar[tuple[str, ...]] = ()
+    # Figures (analysis.figures.FIGURES names) drawn from this family's runs, besides those
+    # every grid gets; the workflow adds them where the config has such a method.
+    figures: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, spec: RunSpec, params: Any) -> None:
         self.spec = spec
@@ -49,6 +55,12 @@ class Method:
     def dense_inputs(cls, params: Any) -> list[str]:
         """Files of the dense run (same data set, model, seed) this method starts from."""
         return []
+
+    @classmethod
+    def figure_order(cls, params: Any) -> int:
+        """Where runs with these parameters come among their family's in its figures (lower
+        first; the first is the one a single-run figure shows)."""
+        return 0
 
     @classmethod
     def snapshot_epochs(cls, params: Any) -> list[int]:

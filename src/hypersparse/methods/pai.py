@@ -119,12 +119,20 @@ def _positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be > 0, got {value}")
 
 
-class _PruneAtInit(Method):
-    """Shared driver: ``masks(trainer)`` at initialisation, then fixed-mask training."""
+class PruneAtInit(Method):
+    """Pruning at initialisation, the base of every such method (as in Synaptic-Flow): score
+    the freshly seeded model, keep the (1-kappa)N highest scores globally (exact count, ties
+    by position), then train with that fixed mask on the ``finetune`` schedule. A new scoring
+    method implements :meth:`score`; one that builds its mask otherwise overrides
+    :meth:`masks`."""
+
+    def score(self, trainer: Trainer) -> S.Scores:
+        """(prunable weight name, score tensor of its shape) for ``trainer.model``."""
+        raise NotImplementedError
 
     def masks(self, trainer: Trainer) -> Masks:
         """The mask of this method for ``trainer.model`` at initialisation."""
-        raise NotImplementedError
+        return S.masks_keep_highest(self.score(trainer), self.spec.kappa)
 
     def generator(self) -> torch.Generator:
         """A CPU generator seeded from spec.seed (the method's own randomness)."""
@@ -136,7 +144,7 @@ class _PruneAtInit(Method):
 
 
 @register
-class RandomPruning(_PruneAtInit):
+class RandomPruning(PruneAtInit):
     """Random pruning at init: exactly floor(kappa*N) weights drawn uniformly over all layers.
 
     The naive baseline of e.g. Liu et al., "Rethinking the Value of Network Pruning", ICLR 2019
@@ -155,7 +163,7 @@ class SnipParams(ScoringData):
 
 
 @register
-class Snip(_PruneAtInit):
+class Snip(PruneAtInit):
     """SNIP: keep the (1-kappa)N largest |dCE/dw * w| at initialisation.
 
     Lee, Ajanthan, Torr, "SNIP: Single-shot Network Pruning based on Connection Sensitivity",
@@ -165,9 +173,8 @@ class Snip(_PruneAtInit):
     family = "snip"
     Params = SnipParams
 
-    def masks(self, trainer: Trainer) -> Masks:
-        scores = S.snip_scores(trainer.model, self.p.batches(trainer))
-        return S.masks_keep_highest(scores, self.spec.kappa)
+    def score(self, trainer: Trainer) -> S.Scores:
+        return S.snip_scores(trainer.model, self.p.batches(trainer))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,7 +193,7 @@ class GraspParams(ScoringData):
 
 
 @register
-class Grasp(_PruneAtInit):
+class Grasp(PruneAtInit):
     """GraSP: remove the floor(kappa*N) largest -w * (H g) scores (keeps gradient flow).
 
     Wang, Zhang, Grosse, "Picking Winning Tickets Before Training by Preserving Gradient
@@ -221,7 +228,7 @@ class SynflowParams:
 
 
 @register
-class Synflow(_PruneAtInit):
+class Synflow(PruneAtInit):
     """SynFlow: iterative data-free pruning by synaptic flow |w * dR/dw|.
 
     Tanaka, Kunin, Yamins, Ganguli, "Pruning neural networks without any data by iteratively
@@ -257,7 +264,7 @@ class SmartRatioParams:
 
 
 @register
-class SmartRatio(_PruneAtInit):
+class SmartRatio(PruneAtInit):
     """Smart-Ratio random tickets: random masks with preset layer-wise keep ratios.
 
     Su, Chen, Cai, Wu, Gao, Wang, Lee, "Sanity-Checking Pruning Methods: Random Tickets can
