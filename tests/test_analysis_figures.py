@@ -10,7 +10,7 @@ from PIL import Image
 from runfolders import make_grid, make_run
 
 from hypersparse.analysis import FIGURES, NothingToPlotError, plot_figure, style
-from hypersparse.analysis.figures import conv3x3_stages, kernel_stats
+from hypersparse.analysis.figs_sparsity import conv3x3_stages, kernel_stats
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +211,7 @@ def test_magnitudes_zoom_row_shows_the_kept_weights(monkeypatch, tmp_path, with_
 
 
 def test_window_mean_is_drawn_at_the_windows_middle_epoch():
-    from hypersparse.analysis.figures import window_centres
+    from hypersparse.analysis.figs_art import window_centres
 
     e = np.arange(5, 10)
     assert window_centres(e, 1).tolist() == [5, 6, 6, 7, 8]
