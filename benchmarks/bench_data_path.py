@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common as C  # noqa: E402
+import common  # noqa: E402
 
 from hypersparse.data import BatchLoader  # noqa: E402
 
@@ -41,9 +41,9 @@ TARGET_RATIO = 10.0  # project vs ref-w4 on the 2-core CPU (issue "Performance")
 def project_block(device: torch.device, n: int, batch: int, seed: int = 0
                   ) -> tuple[Callable[[int], float], Callable[[], float], Callable[[], list]]:
     """(run k batches -> seconds, start-up -> seconds) for the project's BatchLoader."""
-    loader = BatchLoader(C.project_data(n, seed), C.CIFAR10_INFO, batch, train=True,
+    loader = BatchLoader(common.project_data(n, seed), common.CIFAR10_INFO, batch, train=True,
                          device=device, seed=seed)
-    batches = C.endless_batches(loader)
+    batches = common.endless_batches(loader)
 
     def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
         return next(batches)
@@ -53,14 +53,14 @@ def project_block(device: torch.device, n: int, batch: int, seed: int = 0
             for _ in range(k):
                 next_batch()
 
-        return C.timed(work, device)
+        return common.timed(work, device)
 
     def startup() -> float:
         def work() -> None:
             loader.set_epoch(10_000)
             next(iter(loader))
 
-        return C.timed(work, device)
+        return common.timed(work, device)
 
     return run, startup, list
 
@@ -68,9 +68,9 @@ def project_block(device: torch.device, n: int, batch: int, seed: int = 0
 def reference_block(device: torch.device, n: int, batch: int, workers: int, seed: int = 0
                     ) -> tuple[Callable[[int], float], Callable[[], float], Callable[[], list]]:
     """(run k steady-state batches -> seconds, start-up -> seconds) for the DataLoader path."""
-    ds = C.reference_dataset(n, seed)
-    loader = C.reference_loader(ds, batch, workers, pin_memory=False)
-    skip = C.prefetch_depth(loader)
+    ds = common.reference_dataset(n, seed)
+    loader = common.reference_loader(ds, batch, workers, pin_memory=False)
+    skip = common.prefetch_depth(loader)
 
     def fetch(it: Iterator) -> None:
         x, y = next(it)
@@ -80,7 +80,7 @@ def reference_block(device: torch.device, n: int, batch: int, workers: int, seed
         it = iter(loader)
         for _ in range(skip + 1):  # start-up and the batches prepared during it
             fetch(it)
-        t = C.timed(lambda: [fetch(it) for _ in range(k)], device)
+        t = common.timed(lambda: [fetch(it) for _ in range(k)], device)
         if hasattr(it, "_shutdown_workers"):  # nothing runs while the next path is timed
             it._shutdown_workers()
         return t
@@ -91,7 +91,7 @@ def reference_block(device: torch.device, n: int, batch: int, workers: int, seed
             fetch(it)
             del it
 
-        return C.timed(work, device)
+        return common.timed(work, device)
 
     def live_workers() -> list[int]:
         """Start an iterator, let it reach steady state, return its worker PIDs (kept alive)."""
@@ -99,7 +99,7 @@ def reference_block(device: torch.device, n: int, batch: int, workers: int, seed
         for _ in range(skip + 4):
             fetch(it)
         keep.append(it)
-        return C.worker_pids(it)
+        return common.worker_pids(it)
 
     keep: list[Iterator] = []
     return run, startup, live_workers
@@ -118,11 +118,11 @@ def measure(args: argparse.Namespace, device: torch.device, paths: Sequence[str]
     for p in paths:  # warm-up
         makers[p][0](2)
     blocks = {p: (lambda p=p: ks[p] / makers[p][0](ks[p])) for p in paths}
-    rates = C.interleave(blocks, args.rounds)
+    rates = common.interleave(blocks, args.rounds)
     rows = []
     for p in paths:
-        startup = C.median([makers[p][1]() for _ in range(1 if args.quick else 3)])
-        bps = C.median(rates[p])
+        startup = common.median([makers[p][1]() for _ in range(1 if args.quick else 3)])
+        bps = common.median(rates[p])
         rows.append({
             "path": p,
             "batches_per_s": bps,
@@ -138,7 +138,7 @@ def measure(args: argparse.Namespace, device: torch.device, paths: Sequence[str]
 
 def child_main(args: argparse.Namespace, device: torch.device) -> None:
     """One path in this fresh process: a few blocks, then print the memory report as JSON."""
-    C.reset_gpu_peak(device)
+    common.reset_gpu_peak(device)
     path = args.child
     if path == "project":
         run, _, live = project_block(device, args.n, args.batch)
@@ -146,13 +146,13 @@ def child_main(args: argparse.Namespace, device: torch.device) -> None:
         run, _, live = reference_block(device, args.n, args.batch, int(path.split("-w")[1]))
     for _ in range(2):
         run(max(4, args.batches // 2))
-    print(json.dumps({"path": path, **C.memory_report(device, live())}))
+    print(json.dumps({"path": path, **common.memory_report(device, live())}))
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Parse options, run the benchmark, print the table (and JSON if asked)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    C.add_common_args(ap)
+    common.add_common_args(ap)
     ap.add_argument("--n", type=int, default=None, help="images in the synthetic set (50000)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--batches", type=int, default=None, help="timed batches per block (40)")
@@ -166,12 +166,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args.rounds = args.rounds or (2 if q else 5)
     if q:
         args.workers = [min(w, 2) for w in args.workers]
-    device = C.apply_common_args(args)
+    device = common.apply_common_args(args)
     if args.child:
         child_main(args, device)
         return []
     paths = ["project"] + [f"ref-w{w}" for w in dict.fromkeys(args.workers)]
-    meta = C.print_header("data path: augmented + normalised batches", device,
+    meta = common.print_header("data path: augmented + normalised batches", device,
                           f" | N={args.n}, batch {args.batch}, {args.batches} batches/block,"
                           f" {args.rounds} rounds")
     rows = measure(args, device, paths)
@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             child_args = ["--child", row["path"], "--device", str(device), "--n", str(args.n),
                           "--batch", str(args.batch), "--batches", str(args.batches),
                           "--threads", str(args.threads)]
-            row.update(C.run_child(SCRIPT, child_args))
+            row.update(common.run_child(SCRIPT, child_args))
     base = rows[0]["batches_per_s"]
     print(f"{'path':9s} {'batch/s':>9s} {'img/s':>9s} {'x ref':>7s} {'min..max batch/s':>17s} "
           f"{'startup s':>9s} {'epoch s':>8s} {'RSS MiB':>8s} {'wkr USS':>8s} {'GPU MiB':>8s}")
@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         print(f"{row['path']:9s} {row['batches_per_s']:9.1f} {row['images_per_s']:9.0f} "
               f"{row['project_over_this']:7.2f} {f'{lo:.1f}..{hi:.1f}':>17s} "
               f"{row['startup_s']:9.3f} {row['epoch_data_s']:8.2f} "
-              f"{C.memory_cells(row)}")
+              f"{common.memory_cells(row)}")
     ref = rows[1]
     ratio = base / ref["batches_per_s"]
     verdict = "met" if ratio >= TARGET_RATIO else "MISSED"
@@ -199,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     print("x ref = project rate / this path's rate; epoch s = start-up + N/batch batches at the "
           "median rate; RSS = peak RSS (VmHWM) of a fresh process running only this path; wkr USS = "
           "private memory summed over its live workers (in steady state)")
-    C.finish(meta, rows, args.json)
+    common.finish(meta, rows, args.json)
     return rows
 
 

@@ -24,9 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common as C  # noqa: E402
+import common  # noqa: E402
 
-from hypersparse import masks as M  # noqa: E402
+from hypersparse import masks as mask_ops  # noqa: E402
 from hypersparse.engine import Hooks, MaskHooks, Phase, Trainer  # noqa: E402
 
 WARMUP_EPOCHS, FINETUNE_EPOCHS = 60, 160
@@ -42,7 +42,7 @@ class _Stamps:
 
         def stamped(hooks: Hooks) -> None:
             save(hooks)
-            C.sync(trainer.device)
+            common.sync(trainer.device)
             self.t.append(time.perf_counter())
 
         trainer._save_checkpoint = stamped  # type: ignore[method-assign]
@@ -56,7 +56,7 @@ def time_phase(trainer: Trainer, phase: Phase, hooks: Hooks, on_start: Any = Non
                ) -> list[float]:
     """Seconds of each epoch of ``phase`` run by the real engine."""
     stamps = _Stamps(trainer)
-    C.sync(trainer.device)
+    common.sync(trainer.device)
     start = time.perf_counter()
     trainer.fit(phase, hooks, on_start=on_start)
     return stamps.epochs(start)
@@ -65,24 +65,24 @@ def time_phase(trainer: Trainer, phase: Phase, hooks: Hooks, on_start: Any = Non
 def bench_model(args: argparse.Namespace, name: str, device: torch.device, graphs: bool
                 ) -> dict[str, Any]:
     """Dense, ART and fine-tuning epochs of one model in one step mode."""
-    root = C.fabricated_cifar_root(args.n, args.test_n)
+    root = common.fabricated_cifar_root(args.n, args.test_n)
 
     def trainer() -> Trainer:
-        return C.engine_trainer(root, name, args.width, device, batch=args.batch,
+        return common.engine_trainer(root, name, args.width, device, batch=args.batch,
                                 cuda_graphs=None if graphs else False)
 
     t = trainer()
     dense = time_phase(t, Phase("dense", args.epochs, 0.1), Hooks())
     t = trainer()
-    art = time_phase(t, Phase("art", args.epochs, 0.1, start_epoch=1), C.art_hooks(5e-6, 0.9))
+    art = time_phase(t, Phase("art", args.epochs, 0.1, start_epoch=1), common.art_hooks(5e-6, 0.9))
     t = trainer()
-    masks = M.model_masks_by_magnitude(t.model, 0.9)
+    masks = mask_ops.model_masks_by_magnitude(t.model, 0.9)
     fine = time_phase(t, Phase("finetune", args.epochs, 0.1), MaskHooks(masks))
     row: dict[str, Any] = {"model": name, "step_mode": t.step_mode, "graph": t.graph_stats,
                            "train_images": args.n, "test_images": args.test_n}
     for key, times in (("dense", dense), ("art", art), ("finetune", fine)):
         row[f"{key}_first_s"] = times[0]
-        row[f"{key}_epoch_s"] = C.median(times[1:]) if len(times) > 1 else times[0]
+        row[f"{key}_epoch_s"] = common.median(times[1:]) if len(times) > 1 else times[0]
     row["run_min"] = (WARMUP_EPOCHS * row["dense_epoch_s"] + args.art_epochs * row["art_epoch_s"]
                       + FINETUNE_EPOCHS * row["finetune_epoch_s"]) / 60
     return row
@@ -91,7 +91,7 @@ def bench_model(args: argparse.Namespace, name: str, device: torch.device, graph
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run and print the table (and JSON if asked)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    C.add_common_args(ap)
+    common.add_common_args(ap)
     ap.add_argument("--models", nargs="+", default=["resnet32", "vgg19"])
     ap.add_argument("--width", type=float, default=None, help="model width (1; --quick: 0.25)")
     ap.add_argument("--batch", type=int, default=64)
@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args.n = args.n or (512 if q else 50_000)
     args.test_n = args.test_n or (256 if q else 10_000)
     args.epochs = args.epochs or (2 if q else 3)
-    device = C.apply_common_args(args)
-    meta = C.print_header("real engine: seconds per epoch and a whole ART run", device,
+    device = common.apply_common_args(args)
+    meta = common.print_header("real engine: seconds per epoch and a whole ART run", device,
                           f" | N={args.n}, test {args.test_n}, batch {args.batch}, width "
                           f"{args.width}, {args.epochs} epochs per phase")
     modes = [False] if args.no_graphs or device.type != "cuda" else (
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
           f"ART run < {TARGET_RUN_MIN:g} min")
     if args.table:
         update_table(Path(args.table), rows, device, meta)
-    C.finish(meta, rows, args.json)
+    common.finish(meta, rows, args.json)
     return rows
 
 

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common as C  # noqa: E402
+import common  # noqa: E402
 
 from hypersparse.masks import prunable_weights  # noqa: E402
 from hypersparse.models import build_model  # noqa: E402
@@ -81,7 +81,7 @@ def make_steps(
     cycle = itertools.cycle(batches)
 
     def sync() -> None:
-        C.sync(device)
+        common.sync(device)
 
     def make(mode: str) -> Callable[[], tuple[float, float]]:
         def step() -> tuple[float, float]:
@@ -127,7 +127,7 @@ def bench_model(
         torch.backends.cudnn.benchmark = True
         model = model.to(memory_format=torch.channels_last)
         batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
-    C.reset_gpu_peak(device)
+    common.reset_gpu_peak(device)
     steppers = make_steps(model, modes, batches, device)
     for fn in steppers.values():  # warm-up: allocator, kernels, momentum buffers, HS buffers
         fn()
@@ -163,8 +163,8 @@ def bench_model(
         "ratio_control": paired("control"),
         "reg_ms_ours": med_reg["ours"],
         "reg_fwd_ms_sort": med_reg.get("sort", math.nan),
-        "peak_rss_mib": C.peak_rss_mib(),
-        "gpu_peak_mib": C.gpu_peak_mib(device),
+        "peak_rss_mib": common.peak_rss_mib(),
+        "gpu_peak_mib": common.gpu_peak_mib(device),
     }
 
 
@@ -183,8 +183,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     modes = [m for m in MODES if not (args.no_sort and m == "sort")]
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    dev = C.resolve_device(args.device)
-    device = C.device_string(dev)
+    dev = common.resolve_device(args.device)
+    device = common.device_string(dev)
     print(
         f"device: {device}; torch {torch.__version__}; batch {args.batch}; 32 px; kappa {PRUNE_RATE}"
     )

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common as C  # noqa: E402
+import common  # noqa: E402
 from bench_hs_overhead import authors_sort_hs  # noqa: E402  (the authors' sort-based HS)
 
 from hypersparse.data import BatchLoader  # noqa: E402
@@ -71,13 +71,13 @@ def project_path(args: argparse.Namespace, name: str, device: torch.device,
     ``compiled``: the training forward through torch.compile, as config `compile: true`."""
     from hypersparse.engine import Hooks
 
-    root = C.fabricated_cifar_root(args.n, test_n=1024)
-    trainer = C.engine_trainer(root, name, args.width, device, batch=args.batch, lr=LR,
+    root = common.fabricated_cifar_root(args.n, test_n=1024)
+    trainer = common.engine_trainer(root, name, args.width, device, batch=args.batch, lr=LR,
                                bf16=args.bf16, compile_mode="default" if compiled else None)
     torch.manual_seed(0)  # the same initial model as the reference path
     trainer.model.load_state_dict(_model(name, args.width, device).state_dict())
-    hooks = C.art_hooks(ALPHA, KAPPA) if args.reg == "hs" else Hooks()
-    step = C.engine_steps(trainer, hooks, lr=LR)
+    hooks = common.art_hooks(ALPHA, KAPPA) if args.reg == "hs" else Hooks()
+    step = common.engine_steps(trainer, hooks, lr=LR)
     loader = trainer.train_loader
 
     def startup() -> float:
@@ -85,7 +85,7 @@ def project_path(args: argparse.Namespace, name: str, device: torch.device,
             loader.set_epoch(10_000)
             next(iter(loader))
 
-        return C.timed(work, device)
+        return common.timed(work, device)
 
     return step, startup
 
@@ -93,15 +93,15 @@ def project_path(args: argparse.Namespace, name: str, device: torch.device,
 def reference_path(args: argparse.Namespace, name: str, device: torch.device
                    ) -> tuple[Callable[[], None], Callable[[], float]]:
     """(one training step, iterator start-up -> s) of the authors'-style path."""
-    ds = C.reference_dataset(args.n)
-    loader = C.reference_loader(ds, args.batch, args.workers)
+    ds = common.reference_dataset(args.n)
+    loader = common.reference_loader(ds, args.batch, args.workers)
     model = _model(name, args.width, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # the authors' train.py sets it too
     weights = prunable_weights(model)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
     st: dict[str, Any] = {"meters": [0.0, 0.0, 0.0]}
-    batches = C.endless_batches(loader)
+    batches = common.endless_batches(loader)
 
     def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
         return next(batches)
@@ -127,7 +127,7 @@ def reference_path(args: argparse.Namespace, name: str, device: torch.device
             next(it)
             del it
 
-        return C.timed(work, device)
+        return common.timed(work, device)
 
     return step, startup
 
@@ -148,12 +148,12 @@ def paths(args: argparse.Namespace) -> dict[str, Callable]:
 
 def block_runner(step: Callable[[], None], k: int, device: torch.device) -> Callable[[], float]:
     """A block of k steps -> mean seconds per step (synced)."""
-    return lambda: C.timed(lambda: [step() for _ in range(k)], device) / k
+    return lambda: common.timed(lambda: [step() for _ in range(k)], device) / k
 
 
 def full_epoch_s(step: Callable[[], None], steps: int, device: torch.device) -> float:
     """Seconds for `steps` consecutive steps (one real epoch when steps = batches per epoch)."""
-    return C.timed(lambda: [step() for _ in range(steps)], device)
+    return common.timed(lambda: [step() for _ in range(steps)], device)
 
 
 WARMUP_EPOCHS, FINETUNE_EPOCHS, TEST_IMAGES, EVAL_BATCH = 60, 160, 10_000, 1024
@@ -162,12 +162,12 @@ WARMUP_EPOCHS, FINETUNE_EPOCHS, TEST_IMAGES, EVAL_BATCH = 60, 160, 10_000, 1024
 def eval_seconds_per_image(args: argparse.Namespace, name: str, device: torch.device) -> float:
     """Seconds per image of the engine's evaluation (eval mode, no autograd, batches of 1024,
     augmented as ART's pruned-copy pass), from a few timed batches after a warm-up batch."""
-    loader = BatchLoader(C.project_data(args.n), C.CIFAR10_INFO, EVAL_BATCH, train=False,
+    loader = BatchLoader(common.project_data(args.n), common.CIFAR10_INFO, EVAL_BATCH, train=False,
                          augment=True, device=device, seed=0)
     model = _model(name, args.width, device).eval()
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    batches = C.endless_batches(loader)
+    batches = common.endless_batches(loader)
 
     @torch.no_grad()
     def one() -> None:
@@ -178,7 +178,7 @@ def eval_seconds_per_image(args: argparse.Namespace, name: str, device: torch.de
 
     one()
     k = 2 if args.quick else 4
-    return C.timed(lambda: [one() for _ in range(k)], device) / (k * EVAL_BATCH)
+    return common.timed(lambda: [one() for _ in range(k)], device) / (k * EVAL_BATCH)
 
 
 def art_run_estimate(row: dict[str, Any], eval_s_per_image: float, art_epochs: int,
@@ -199,18 +199,18 @@ def bench_model(args: argparse.Namespace, name: str, device: torch.device) -> li
     startups = {}
     for p, make in paths(args).items():
         step, startup = make(args, name, device)
-        startups[p] = C.median([startup() for _ in range(1 if args.quick else 2)])
+        startups[p] = common.median([startup() for _ in range(1 if args.quick else 2)])
         made[p] = step
     warm = 5  # past the engine's 3 warm-up steps and its CUDA graph capture (or compile)
     for step in made.values():
         for _ in range(warm):
             step()
-    samples = C.interleave({p: block_runner(s, args.block, device) for p, s in made.items()},
+    samples = common.interleave({p: block_runner(s, args.block, device) for p, s in made.items()},
                            args.rounds)
     steps_per_epoch = math.ceil(args.n_epoch / args.batch)
     rows = []
     for p, vals in samples.items():
-        ms = 1e3 * C.median(vals)
+        ms = 1e3 * common.median(vals)
         row = {
             "model": name,
             "path": p,
@@ -240,18 +240,18 @@ def bench_model(args: argparse.Namespace, name: str, device: torch.device) -> li
 def child_main(args: argparse.Namespace, device: torch.device) -> None:
     """One (model, path) in this fresh process: a few steps, then the memory report as JSON."""
     name, path = args.child.split(":")
-    C.reset_gpu_peak(device)
+    common.reset_gpu_peak(device)
     step, _ = paths(args)[path](args, name, device)
     for _ in range(args.block + 2):
         step()
-    workers = C.child_pids()  # the reference's DataLoader workers, alive behind the iterator
-    print(json.dumps({"model": name, "path": path, **C.memory_report(device, workers)}))
+    workers = common.child_pids()  # the reference's DataLoader workers, alive behind the iterator
+    print(json.dumps({"model": name, "path": path, **common.memory_report(device, workers)}))
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Parse options, run the benchmark, print the table (and JSON if asked)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    C.add_common_args(ap)
+    common.add_common_args(ap)
     ap.add_argument("--models", nargs="+", default=["resnet32", "vgg19"])
     ap.add_argument("--width", type=float, default=None, help="model width (1; --quick: 0.25)")
     ap.add_argument("--batch", type=int, default=64)
@@ -277,13 +277,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args.block = args.block or (1 if q else 3)
     args.rounds = args.rounds or (2 if q else 4)
     args.workers = args.workers if args.workers is not None else (2 if q else 4)
-    device = C.apply_common_args(args)
+    device = common.apply_common_args(args)
     if args.child:
         child_main(args, device)
         return []
     opts = [o for o, on in (("bf16", args.bf16 and device.type == "cuda"),
                             ("+ compiled path", args.compile)) if on]
-    meta = C.print_header(
+    meta = common.print_header(
         "training step incl. data: project vs authors'-style reference", device,
         f" | batch {args.batch}, width {args.width}, N={args.n}, reg {args.reg}, "
         f"{args.rounds} rounds x {args.block} steps, ref workers {args.workers}, "
@@ -304,12 +304,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                          str(args.workers), "--reg", args.reg, "--threads", str(args.threads)]
                 child += ["--bf16"] if args.bf16 else []
                 child += ["--compile"] if args.compile else []
-                row.update(C.run_child(SCRIPT, child))
+                row.update(common.run_child(SCRIPT, child))
         for row in model_rows:
             lo, hi = row["spread_ms"]
             print(f"{name:9s} {row['path']:9s} {row['ms_per_step']:9.1f} "
                   f"{row['images_per_s']:8.1f} {f'{lo:.0f}..{hi:.0f}':>15s} "
-                  f"{row['epoch_s']:8.1f} {C.memory_cells(row)}")
+                  f"{row['epoch_s']:8.1f} {common.memory_cells(row)}")
         ms = {row["path"]: row["ms_per_step"] for row in model_rows}
         ratio = ms["reference"] / ms["project"]
         for row in model_rows:
@@ -333,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         rows.extend(model_rows)
     print(f"s/epoch: {rows[0]['epoch_s_how']} (N={args.n_epoch}); RSS: peak (VmHWM) of a fresh "
           "process running one path; wkr USS: private memory summed over its live workers")
-    C.finish(meta, rows, args.json, suffix=f" | device {meta['device']}")
+    common.finish(meta, rows, args.json, suffix=f" | device {meta['device']}")
     return rows
 
 

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from hypersparse.data import DatasetInfo, ImageData
+from hypersparse.engine import resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,13 +50,6 @@ CIFAR10_INFO = DatasetInfo(
 )
 
 # ----------------------------------------------------------------------------- devices
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when present, else CPU; anything else as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def device_string(device: torch.device) -> str:

@@ -332,6 +332,7 @@ def test_failure_outputs_exist_after_divergence(warm, tmp_path):
     spec = _art_spec(root, regularizer="l2", lambda_init=1e12, max_art_epochs=2)
     metrics = execute(spec, tmp_path / "div", dense, progress=False, record_failure=True)
     assert metrics["status"] == "failed"
+    assert "phase 'art'" in metrics["error"] and "(lambda_init, eta)" in metrics["error"]
     with np.load(tmp_path / "div" / "art_trace.npz", allow_pickle=False) as z:
         assert set(z.files) == NPZ_FIELDS and z["grad_at_quantile"].shape[1] == len(GRAD_QUANTILES)
     header = (tmp_path / "div" / "art_trace.csv").read_text().splitlines()[0]

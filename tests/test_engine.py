@@ -133,7 +133,8 @@ def test_divergence_is_recorded_as_failure(make_spec, tmp_path):
     with pytest.raises(DivergenceError, match="epoch 0"):
         execute(spec, tmp_path / "raise", progress=False)
     m = execute(spec, tmp_path / "rec", progress=False, record_failure=True)
-    assert m["status"] == "failed" and "lambda_init" in m["error"]
+    assert m["status"] == "failed" and "learning rate" in m["error"] and "optim.lr" in m["error"]
+    assert "lambda_init" not in m["error"]  # an ART hint belongs to ART runs only
     assert json.loads((tmp_path / "rec" / "metrics.json").read_text())["status"] == "failed"
     for name in ("model.pt", "history.csv", "spec.json"):
         assert (tmp_path / "rec" / name).exists()

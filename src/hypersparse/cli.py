@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 import yaml
 
 from . import __version__
+from .data.names import DATASETS, base_name
 from .spec import COMPILE_MODES
 
 log = logging.getLogger("hypersparse")
@@ -19,14 +20,13 @@ log = logging.getLogger("hypersparse")
 # the figures `hypersparse plot` draws (analysis.figures.FIGURES; a test keeps them equal)
 FIGURE_NAMES = ("acc_vs_sparsity", "acc_vs_flops", "hs_gradient", "exploration",
                 "art_termination", "layer_density", "kernel_patterns", "magnitudes")
-DATASET_NAMES = ("digits", "cifar10", "cifar100", "tinyimagenet")
 
 
 def _dataset(text: str) -> str:
     """argparse type: a data set name, or its pilot subset (cifar10-c5-n100)."""
-    if text.split("-", 1)[0] not in DATASET_NAMES:
+    if base_name(text) not in DATASETS:
         raise argparse.ArgumentTypeError(
-            f"unknown data set {text!r}: choose from {', '.join(DATASET_NAMES)} (a pilot "
+            f"unknown data set {text!r}: choose from {', '.join(DATASETS)} (a pilot "
             "subset adds e.g. -c5-n100)")
     return text
 

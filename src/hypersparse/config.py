@@ -15,10 +15,10 @@ from typing import Any
 
 import yaml
 
+from .data.names import is_resizable
 from .errors import UserError
 
 SCHEMA_ENV = "HYPERSPARSE_CONFIG_SCHEMA"
-DATASETS = ("digits", "cifar10", "cifar100", "tinyimagenet")
 RUN_GLOBAL_KEYS = ("width", "image_size", "data_root", "device", "precision")
 
 
@@ -429,7 +429,7 @@ def run_spec(
     }
     for key in RUN_GLOBAL_KEYS:
         spec[key] = cfg[key]
-    if dataset.split("-", 1)[0] != "digits":
+    if not is_resizable(dataset):
         spec["image_size"] = None
     return spec
 

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import flops as FL
-from . import masks as M
+from . import flops
+from . import masks as mask_ops
 from .capture import StepGraph, graphable_optimizer, sgd_update_
 from .data import BatchLoader, dataset_info, load_split
 from .errors import UserError
@@ -195,25 +195,25 @@ class MaskHooks(Hooks):
 
     capture_safe = True
 
-    def __init__(self, masks: M.Masks | None = None) -> None:
-        self.masks: M.Masks = masks or {}
+    def __init__(self, masks: mask_ops.Masks | None = None) -> None:
+        self.masks: mask_ops.Masks = masks or {}
 
     def graph_key(self) -> Hashable:
         """The mask tensors the captured step reads (update them in place to keep it)."""
         return tuple(sorted((k, v.data_ptr()) for k, v in self.masks.items()))
 
     def on_phase_start(self, trainer: Trainer) -> None:
-        self.masks = M.masks_to(self.masks, trainer.device)
-        M.apply_masks(trainer.model, self.masks)
+        self.masks = mask_ops.masks_to(self.masks, trainer.device)
+        mask_ops.apply_masks(trainer.model, self.masks)
 
     def on_resume(self, trainer: Trainer) -> None:
-        self.masks = M.masks_to(self.masks, trainer.device)  # checkpoints hold CPU tensors
+        self.masks = mask_ops.masks_to(self.masks, trainer.device)  # checkpoints hold CPU tensors
 
     def before_step(self, trainer: Trainer) -> None:
-        M.mask_gradients(trainer.model, self.masks)
+        mask_ops.mask_gradients(trainer.model, self.masks)
 
     def after_step(self, trainer: Trainer) -> None:
-        M.apply_masks(trainer.model, self.masks)
+        mask_ops.apply_masks(trainer.model, self.masks)
 
     def state_dict(self) -> dict[str, Any]:
         return {"masks": {k: v.cpu() for k, v in self.masks.items()}}
@@ -312,7 +312,7 @@ class Trainer:
         self.step = 0  # optimizer steps in the current phase
         self.history: list[dict[str, Any]] = []
         self.done: dict[str, dict[str, Any]] = {}
-        self.layer_flops = FL.layer_flops(self.model, self.info.in_channels,
+        self.layer_flops = flops.layer_flops(self.model, self.info.in_channels,
                                           self.info.image_size)
         self.train_flops = 0.0  # FLOPs of this run folder's training so far (flops.py)
         self._segment_start = time.perf_counter()
@@ -336,10 +336,10 @@ class Trainer:
         t.fill_(float(value))
         return t
 
-    def add_flops(self, flops: float) -> None:
+    def add_flops(self, count: float) -> None:
         """Count extra work of a method into the run's training FLOPs (e.g. ART's pruned-copy
         evaluation on the training set)."""
-        self.train_flops += float(flops)
+        self.train_flops += float(count)
 
     def log_scalars(self, values: dict[str, float]) -> None:
         """Extra per-epoch numbers for TensorBoard at the current global epoch (hooks)."""
@@ -694,8 +694,8 @@ class Trainer:
             self.scheduler.step()
         test_loss, test_acc = self.evaluate(model, self.test_loader)
         sparsity = _live_sparsity(model)
-        epoch_flops = FL.TRAIN_FACTOR * FL.sparse_flops(self.layer_flops,
-                                                        FL.densities(model)) * count
+        epoch_flops = flops.TRAIN_FACTOR * flops.sparse_flops(self.layer_flops,
+                                                        flops.densities(model)) * count
         self.train_flops += epoch_flops
         row = {
             "phase": phase.name,
@@ -730,8 +730,8 @@ class Trainer:
 
 @torch.no_grad()
 def _live_sparsity(model: nn.Module) -> float:
-    ws = M.prunable_weights(model)
+    ws = mask_ops.prunable_weights(model)
     total = sum(w.numel() for w in ws)
-    return M.count_zeros(ws) / total if total else 0.0
+    return mask_ops.count_zeros(ws) / total if total else 0.0
 
 

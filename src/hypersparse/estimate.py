@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .data.names import NUM_CLASSES, TRAIN_IMAGES, base_name
 from .errors import UserError
 
 TABLE = Path(__file__).resolve().parents[2] / "benchmarks" / "epoch_seconds.csv"
@@ -59,15 +60,6 @@ def read_table(path: Path | None = None) -> dict[tuple[str, str, str], tuple[flo
     return out
 
 
-def base_dataset(name: str) -> str:
-    """The data set a (possibly subset) data set name is drawn from."""
-    return name.split("-", 1)[0]
-
-
-TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "tinyimagenet": 100_000, "digits": 1_437}
-NATIVE_CLASSES = {"cifar10": 10, "cifar100": 100, "tinyimagenet": 200, "digits": 10}
-
-
 def subset_scale(dataset: str) -> float:
     """Cost of an epoch of a pilot subset relative to the full data set (images x pixels)."""
     from .data.subset import parse
@@ -76,8 +68,8 @@ def subset_scale(dataset: str) -> float:
     if sub is None:
         return 1.0
     n = TRAIN_IMAGES.get(base, 1)
-    per_class = n / NATIVE_CLASSES.get(base, 1)
-    classes = sub.classes or NATIVE_CLASSES.get(base, 1)
+    per_class = n / NUM_CLASSES.get(base, 1)
+    classes = sub.classes or NUM_CLASSES.get(base, 1)
     images = classes * min(per_class, sub.per_class or per_class)
     pixels = (sub.size / 64) ** 2 if sub.size else 1.0
     return images / n * pixels
@@ -89,15 +81,15 @@ def epoch_seconds(table: dict, model: str, dataset: str, device: str
     same family and the nearest depth stands in (status 'extrapolated') if absent; a pilot
     subset scales the full data set's figure by its images and pixels (extrapolated)."""
     if subset_scale(dataset) != 1.0:
-        sec, _ = epoch_seconds(table, model, base_dataset(dataset), device)
+        sec, _ = epoch_seconds(table, model, base_name(dataset), device)
         return sec * subset_scale(dataset), "extrapolated"
-    key = (model, base_dataset(dataset), device)
+    key = (model, base_name(dataset), device)
     if key in table:
         return table[key]
     family = model.rstrip("0123456789")
     depth = int(model[len(family):] or 0)
     same = [(m, s) for (m, d, dev), s in table.items()
-            if dev == device and d == base_dataset(dataset) and m.startswith(family)]
+            if dev == device and d == base_name(dataset) and m.startswith(family)]
     if not same:
         raise EstimateError(
             f"no seconds per epoch for {model} on {dataset} ({device}) in the cost table "

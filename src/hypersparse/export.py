@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import masks as M
+from . import masks as mask_ops
 from .errors import UserError
 from .io import CheckpointError, atomic_write, load_state_dict_checked, safe_torch_load
 
@@ -31,7 +31,7 @@ def write_mask(run_dir: Path, state: dict[str, torch.Tensor]) -> Path:
     """``mask.safetensors`` of a run: nonzero pattern of each prunable weight (bool)."""
     from safetensors.torch import save_file
 
-    masks = {k: (v != 0).contiguous() for k, v in M.prunable_state_items(state)}
+    masks = {k: (v != 0).contiguous() for k, v in mask_ops.prunable_state_items(state)}
     path = Path(run_dir) / MASK_FILE
     atomic_write(path, lambda tmp: save_file(masks, tmp, metadata={"format": "hypersparse-mask"}))
     return path
@@ -87,7 +87,7 @@ def export_sparse_state(run_dir: Path, out: Path) -> Path:
     """The run's state dict with prunable weights as sparse COO tensors."""
     _, _ = load_run_model(run_dir)  # the checks: finished, loadable, fits its model
     state = safe_torch_load(Path(run_dir) / "model.pt")
-    prunable = {k for k, _ in M.prunable_state_items(state)}
+    prunable = {k for k, _ in mask_ops.prunable_state_items(state)}
     sparse = {k: (v.to_sparse() if k in prunable else v) for k, v in state.items()}
     out = Path(out)
     atomic_write(out, lambda tmp: torch.save(sparse, tmp))

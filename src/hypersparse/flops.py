@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from . import masks as M
+from . import masks as mask_ops
 
 TRAIN_FACTOR = 3  # forward + backward (2x forward) FLOPs per training image
 
@@ -37,7 +37,7 @@ def layer_flops(model: nn.Module, in_channels: int, image_size: int) -> dict[str
     per_module = {name.split(".", 1)[1] if "." in name else "": sum(ops.values())
                   for name, ops in counter.get_flop_counts().items()}
     out = {}
-    for name, _ in M.prunable_named_weights(model):
+    for name, _ in mask_ops.prunable_named_weights(model):
         module = name[: -len(".weight")] if name.endswith(".weight") else ""
         out[name] = int(per_module.get(module, 0))
     return out
@@ -45,7 +45,7 @@ def layer_flops(model: nn.Module, in_channels: int, image_size: int) -> dict[str
 
 def densities(model: nn.Module) -> dict[str, float]:
     """Fraction of nonzero weights per prunable layer (one host read per layer)."""
-    return {k: float((w != 0).sum()) / w.numel() for k, w in M.prunable_named_weights(model)}
+    return {k: float((w != 0).sum()) / w.numel() for k, w in mask_ops.prunable_named_weights(model)}
 
 
 def sparse_flops(per_layer: Mapping[str, int], density: Mapping[str, float]) -> float:
@@ -56,7 +56,7 @@ def sparse_flops(per_layer: Mapping[str, int], density: Mapping[str, float]) -> 
 def size_report(state: Mapping[str, torch.Tensor]) -> dict[str, int]:
     """Parameters, nonzero parameters and bytes stored dense (float32) and sparse (the
     prunable layers as value + int32 index per nonzero, everything else dense)."""
-    prunable = dict(M.prunable_state_items(state))
+    prunable = dict(mask_ops.prunable_state_items(state))
     total = nonzero = sparse_bytes = 0
     for k, v in state.items():
         if not v.is_floating_point():

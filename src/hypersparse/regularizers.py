@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from hypersparse import hs_select as S
+from hypersparse import hs_select
 from hypersparse.hs_select import kth_smallest_abs
 from hypersparse.masks import target_zeros
 from hypersparse.select import kth_smallest, radix_kth
@@ -125,19 +125,19 @@ class HyperSparseGradient:
         device = weights[0].device
         sync_free = device.type != "cpu" if self.sync_free is None else self.sync_free
         self.buffers = [torch.empty_like(w.detach()) for w in weights]
-        self._chunks = _whole if sync_free else S.cpu_chunks
+        self._chunks = _whole if sync_free else hs_select.cpu_chunks
         self.w_chunks = [c for w in weights for c in self._chunks(w)]
         self.b_chunks = [c for b in self.buffers for c in self._chunks(b)]
         self.on_cpu = not sync_free  # the host-assisted path (bracket, Python scalars)
-        self.scratch = S.Scratch(self.b_chunks) if self.on_cpu else None
+        self.scratch = hs_select.Scratch(self.b_chunks) if self.on_cpu else None
         self._k: dict[int, Tensor] = {}  # k -> int64 0-d tensor on the device (sync-free path)
 
     def _threshold(self, k: int) -> tuple[Tensor, Tensor]:
         """Pass 1: buffers = |w|; returns (a_k, ||w||_1 in float64)."""
         count, brackets = None, None
-        if self.on_cpu and self.n > S.SMALL_N:
+        if self.on_cpu and self.n > hs_select.SMALL_N:
             brackets = self._brackets(k)
-            count = S.BracketCount(*next(brackets), self.scratch)
+            count = hs_select.BracketCount(*next(brackets), self.scratch)
         l1_parts = []
         for wc, bc in zip(self.w_chunks, self.b_chunks, strict=True):
             a = torch.abs(wc, out=bc)
@@ -153,7 +153,7 @@ class HyperSparseGradient:
             return kth_smallest(torch.cat([b.reshape(-1) for b in self.b_chunks]), k), l1
         # the first bracket's count is ``count``; the iterator holds the ones after it
         brackets = itertools.chain([(count.lo, count.hi)], brackets)
-        a_k, hit = S.kth_abs_of_chunks(self.b_chunks, k, brackets, self.scratch, count)
+        a_k, hit = hs_select.kth_abs_of_chunks(self.b_chunks, k, brackets, self.scratch, count)
         self._update_hint(float(a_k), hit)
         return a_k, l1
 
@@ -162,7 +162,7 @@ class HyperSparseGradient:
         the sampled ones (the sample is only taken when it is reached)."""
         if self._hint is not None:
             yield (self._hint * (1.0 - self._margin), self._hint * (1.0 + self._margin))
-        yield from S.sampled_brackets(self.w_chunks, k)
+        yield from hs_select.sampled_brackets(self.w_chunks, k)
 
     def _update_hint(self, a_k: float, hit: bool) -> None:
         """Next bracket: a_k +- a margin ~4x its last relative move, within _HINT_MARGIN."""

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from . import flops as FL
-from . import masks as M
+from . import flops
+from . import masks as mask_ops
 from .engine import DivergenceError, Trainer
 from .errors import UserError
 from .io import (
@@ -333,9 +333,9 @@ def _flops(spec: RunSpec, method_cls: Any, trainer: Trainer, rep: dict[str, Any]
     """Inference FLOPs per image (sparse and dense) and training FLOPs of the whole run
     relative to dense training (flops.py)."""
     dense_fwd = float(sum(trainer.layer_flops.values()))
-    sparse_fwd = FL.sparse_flops(trainer.layer_flops, rep["layer_density"])
+    sparse_fwd = flops.sparse_flops(trainer.layer_flops, rep["layer_density"])
     n_train = trainer.train_loader.num_samples
-    dense_epoch = FL.TRAIN_FACTOR * dense_fwd * n_train
+    dense_epoch = flops.TRAIN_FACTOR * dense_fwd * n_train
     params = build_params(spec.family, spec.params, f"methods.{spec.method}")
     prereq = method_cls.dense_epochs_used(params, spec.dense.epochs) * dense_epoch
     train = trainer.train_flops + prereq
@@ -353,9 +353,9 @@ def _flops(spec: RunSpec, method_cls: Any, trainer: Trainer, rep: dict[str, Any]
 def _metrics(
     spec: RunSpec, method_cls: Any, trainer: Trainer, saved: dict, extra: dict, wall: float
 ) -> dict[str, Any]:
-    rep = M.sparsity_report(saved)
+    rep = mask_ops.sparsity_report(saved)
     flop_report = _flops(spec, method_cls, trainer, rep)
-    target = M.target_zeros(spec.kappa, rep["num_prunable"]) if method_cls.exact_sparsity else None
+    target = mask_ops.target_zeros(spec.kappa, rep["num_prunable"]) if method_cls.exact_sparsity else None
     if rep["disconnected_layers"]:
         log.warning(
             "layers with no remaining weight (the network is disconnected there): %s",
@@ -393,7 +393,7 @@ def _metrics(
         "threads": torch.get_num_threads(),
         "num_classes": trainer.info.num_classes,
         "flops": flop_report,
-        "size": FL.size_report(saved),
+        "size": flops.size_report(saved),
         "spec": spec.to_dict(),
         "versions": package_versions(),
         "git_commit": git_commit(),

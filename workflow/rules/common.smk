@@ -19,6 +19,7 @@ if SRC not in sys.path:
 from hypersparse import config as hsconfig
 from hypersparse import preflight
 from hypersparse.data import prepared_dir
+from hypersparse.data.names import is_resizable
 from hypersparse.runner import FINAL_DIR, finished
 from hypersparse.spec import RUN_DEPTH, RUN_PATTERN
 
@@ -87,7 +88,7 @@ def train_data(wc):
 def data_files(dataset):
     """The prepared cache of a data set (train/test arrays and meta.json)."""
     folder = prepared_dir(
-        dataset, DATA, CFG["image_size"] if dataset.startswith("digits") else None
+        dataset, DATA, CFG["image_size"] if is_resizable(dataset) else None
     )
     return [f"{folder}/{name}" for name in ("train.npz", "test.npz", "meta.json")]
 

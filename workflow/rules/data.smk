@@ -3,7 +3,7 @@
 
 rule prepare_data:
     output:
-        # Both image sizes of digits share this rule through the folder name.
+        # Every image size of a resizable data set (digits) shares this rule via the folder.
         f"{DATA}/{{dataset}}/{{variant}}/train.npz",
         f"{DATA}/{{dataset}}/{{variant}}/test.npz",
         f"{DATA}/{{dataset}}/{{variant}}/meta.json",
@@ -17,9 +17,7 @@ rule prepare_data:
     params:
         root=lambda wc, output: str(Path(output[0]).parents[2]),
         size=lambda wc: (
-            f"--image-size {CFG['image_size']}"
-            if wc.dataset.startswith("digits")
-            else ""
+            f"--image-size {CFG['image_size']}" if is_resizable(wc.dataset) else ""
         ),
         download="" if CFG["download"] else "--no-download",
     shell:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..data.names import NUM_CLASSES, base_name
 from ..spec import RUN_GLOB, RUN_PATTERN, parse_run_relpath
 
 # The tidy columns promised to callers, then a few extras useful for figures.
@@ -53,7 +54,6 @@ EXTRA_COLUMNS: tuple[str, ...] = (
 # spec fields that do not change what is trained (where the data lies, which device): runs
 # differing only in these (and in the seed) are seeds of one setting
 NOT_THE_SETTING = ("seed", "data_root", "device")
-CHANCE = {"digits": 10, "cifar10": 10, "cifar100": 100, "tinyimagenet": 200}
 COLLAPSE_FACTOR = 2.0  # "collapsed": dense train accuracy at termination <= 2x chance
 
 
@@ -153,7 +153,7 @@ def run_record(run_dir: Path) -> dict[str, Any]:
                            and m.get("method_family") not in (None, "dense"))
     rec["disconnected_layers"] = len(m.get("disconnected_layers") or []) if ok else 0
     art = m.get("art") if isinstance(m.get("art"), dict) else {}
-    classes = m.get("num_classes") or CHANCE.get(str(rec["dataset"]).split("-", 1)[0])
+    classes = m.get("num_classes") or NUM_CLASSES.get(base_name(str(rec["dataset"])))
     dense_acc = _num(art.get("dense_train_acc_at_termination"))
     rec["art_collapsed"] = bool(ok and classes and not math.isnan(dense_acc)
                                 and dense_acc <= COLLAPSE_FACTOR * 100.0 / classes)

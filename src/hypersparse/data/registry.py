@@ -21,8 +21,7 @@ from .common import (
     read_split,
     write_cache,
 )
-
-DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "tinyimagenet")
+from .names import DATASETS, NATIVE_SIZE, base_name, is_resizable
 
 
 def _check_name(name: str) -> None:
@@ -37,12 +36,13 @@ def _check_name(name: str) -> None:
 
 
 def _check_size(name: str, image_size: int | None) -> None:
-    """Only digits can be resized; others accept None or their native size."""
-    name = subset.parse(name)[0]
-    native = {"cifar10": 32, "cifar100": 32, "tinyimagenet": 64}
-    if name != "digits" and image_size is not None and image_size != native[name]:
+    """Only resizable data sets (digits) take an image size; others accept None or their
+    native size."""
+    name = base_name(name)
+    if not is_resizable(name) and image_size not in (None, NATIVE_SIZE[name]):
         raise DataError(
-            f"{name} has fixed image size {native[name]}; image_size={image_size} is not supported"
+            f"{name} has fixed image size {NATIVE_SIZE[name]}; image_size={image_size} is not "
+            "supported"
         )
 
 

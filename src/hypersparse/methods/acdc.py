@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from .. import masks as M
+from .. import masks as mask_ops
 from ..engine import MaskHooks, Trainer
 from .base import Method, register
 
@@ -109,9 +109,9 @@ class ACDCHooks(MaskHooks):
             return
         self.mode = mode
         if mode == "sparse":
-            self.masks = M.model_masks_by_magnitude(trainer.model, self.kappa)
-            M.apply_masks(trainer.model, self.masks)
-            M.zero_momentum(trainer.optimizer, trainer.model, self.masks)
+            self.masks = mask_ops.model_masks_by_magnitude(trainer.model, self.kappa)
+            mask_ops.apply_masks(trainer.model, self.masks)
+            mask_ops.zero_momentum(trainer.optimizer, trainer.model, self.masks)
             self.sparse_phases += 1
         else:
             if self.masks and self.p.reset_momentum_on_decompress:

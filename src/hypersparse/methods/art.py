@@ -33,12 +33,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .. import flops as FL
-from .. import masks as M
+from .. import flops
+from .. import masks as mask_ops
 from ..engine import Hooks, Phase, Trainer
 from ..io import load_state_dict_checked
 from ..regularizers import REGULARIZERS, HyperSparseGradient
-from . import art_trace as T
+from . import art_trace
 from .base import Method, load_dense_weights, register
 
 log = logging.getLogger("hypersparse")
@@ -191,7 +191,7 @@ class ArtHooks(Hooks):
         self.work_dir = Path(work_dir)  # per-epoch top sets (under the run's ckpt/)
         self.selector = ArtSelector(p.window_half, p.select_against, p.stop_on)
         self.pruned: dict[int, dict[str, Any]] = {}  # epoch -> {"model", "masks"} (CPU)
-        self.trace = T.ArtTrace()
+        self.trace = art_trace.ArtTrace()
         self.stopped = False
         self.last: dict[str, Any] = {}  # the last epoch's numbers
         self._reg = REGULARIZERS[p.regularizer]
@@ -221,11 +221,11 @@ class ArtHooks(Hooks):
     def loss_term(self, trainer: Trainer, model: nn.Module) -> torch.Tensor | None:
         if self._hs is not None or (isinstance(self._alpha, float) and self._alpha == 0.0):
             return None
-        return self._alpha * self._reg(M.prunable_weights(model), self.kappa)
+        return self._alpha * self._reg(mask_ops.prunable_weights(model), self.kappa)
 
     def before_step(self, trainer: Trainer) -> None:
         if self._hs is not None:
-            self._hs.add_to_grads_(M.prunable_weights(trainer.model), self.kappa, self._alpha)
+            self._hs.add_to_grads_(mask_ops.prunable_weights(trainer.model), self.kappa, self._alpha)
 
     def _eval_loader(self, trainer: Trainer) -> Any:
         if self._loader is None:
@@ -236,13 +236,13 @@ class ArtHooks(Hooks):
     def end_epoch(self, trainer: Trainer, row: dict[str, Any]) -> bool:
         epoch = int(row["epoch"])
         model = trainer.model
-        masks = M.model_masks_by_magnitude(model, self.kappa)
+        masks = mask_ops.model_masks_by_magnitude(model, self.kappa)
         pruned = copy.deepcopy(model)
-        M.apply_masks(pruned, masks)
+        mask_ops.apply_masks(pruned, masks)
         loader = self._eval_loader(trainer)
         _, acc = trainer.evaluate(pruned, loader, epoch=epoch)
         kept = {k: float(m.float().mean()) for k, m in masks.items()}
-        trainer.add_flops(FL.sparse_flops(trainer.layer_flops, kept) * loader.num_samples)
+        trainer.add_flops(flops.sparse_flops(trainer.layer_flops, kept) * loader.num_samples)
         cand = self.selector.push(epoch, acc)
         self.pruned[epoch] = {
             "model": {k: v.detach().to("cpu", copy=True) for k, v in pruned.state_dict().items()},
@@ -316,7 +316,7 @@ class ArtHooks(Hooks):
             )
         sel = summary["selected_epoch"]
         state = self.pruned[sel]
-        self.trace.set_iou(self.work_dir, T.flat_mask(state["masks"], self.trace.layer_names))
+        self.trace.set_iou(self.work_dir, art_trace.flat_mask(state["masks"], self.trace.layer_names))
         return {
             "art": summary,
             # carried by every later checkpoint: what fine-tuning and the trace files need
@@ -327,7 +327,7 @@ class ArtHooks(Hooks):
     def trace_result(self, selected: int | None, terminated: int | None) -> dict[str, Any]:
         """The trace so far as checkpointable data: CSV rows and the npz arrays as tensors."""
         arrays = self.trace.arrays(self.kappa, selected, terminated)
-        return {"rows": [dict(r) for r in self.trace.rows], "arrays": T.arrays_to_state(arrays)}
+        return {"rows": [dict(r) for r in self.trace.rows], "arrays": art_trace.arrays_to_state(arrays)}
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -386,7 +386,7 @@ class AdaptiveRegularizedTraining(Method):
     def run(self, trainer: Trainer, dense_dir: Path | None) -> dict[str, Any]:
         assert dense_dir is not None
         p, run_dir = self.p, trainer.run_dir
-        hooks = ArtHooks(p, self.spec.kappa, trainer.ckpt_dir / T.WORK_DIR)
+        hooks = ArtHooks(p, self.spec.kappa, trainer.ckpt_dir / art_trace.WORK_DIR)
         self._hooks = hooks
         snap_path = dense_dir / f"snapshot_e{p.warmup_epochs}.pt"
 
@@ -404,18 +404,18 @@ class AdaptiveRegularizedTraining(Method):
         self._art_result = result
         art = dict(result["art"])
 
-        def candidate_masks(t: Trainer) -> M.Masks:
+        def candidate_masks(t: Trainer) -> mask_ops.Masks:
             cand = result["candidate"]
             load_state_dict_checked(t.model, cand["model"], "the ART candidate")
-            return M.masks_to(cand["masks"], t.device)
+            return mask_ops.masks_to(cand["masks"], t.device)
 
         self.train_with_mask(trainer, candidate_masks)
         trace = result["trace"]
-        arrays = T.arrays_from_state(trace["arrays"])
-        final_ws = M.prunable_weights(trainer.model)
-        arrays["magnitudes_final"] = T.magnitudes_at(final_ws)
-        arrays["magnitudes_top_final"] = T.magnitudes_at(final_ws, arrays["top_quantiles"])
-        T.write_trace_files(run_dir, trace["rows"], arrays)
+        arrays = art_trace.arrays_from_state(trace["arrays"])
+        final_ws = mask_ops.prunable_weights(trainer.model)
+        arrays["magnitudes_final"] = art_trace.magnitudes_at(final_ws)
+        arrays["magnitudes_top_final"] = art_trace.magnitudes_at(final_ws, arrays["top_quantiles"])
+        art_trace.write_trace_files(run_dir, trace["rows"], arrays)
         return {"art": art}
 
     def write_failure_outputs(self, run_dir: Path) -> None:
@@ -425,11 +425,11 @@ class AdaptiveRegularizedTraining(Method):
         done = getattr(self, "_art_result", None)
         if done is not None:  # ART finished, fine-tuning failed: the trace is complete
             trace = done["trace"]
-            T.write_trace_files(run_dir, trace["rows"], T.arrays_from_state(trace["arrays"]))
+            art_trace.write_trace_files(run_dir, trace["rows"], art_trace.arrays_from_state(trace["arrays"]))
         elif hooks is None:
-            T.write_trace_files(run_dir, [], T.ArtTrace().arrays(self.spec.kappa, None, None))
+            art_trace.write_trace_files(run_dir, [], art_trace.ArtTrace().arrays(self.spec.kappa, None, None))
         else:
             cand = hooks.selector.candidate
             trace = hooks.trace_result(
                 None if cand is None else int(cand["epoch"]), hooks.last.get("epoch"))
-            T.write_trace_files(run_dir, trace["rows"], T.arrays_from_state(trace["arrays"]))
+            art_trace.write_trace_files(run_dir, trace["rows"], art_trace.arrays_from_state(trace["arrays"]))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import masks as M
+from .. import masks as mask_ops
 from ..io import atomic_torch_save, atomic_write, atomic_write_csv, safe_torch_load
 from ..regularizers import hypersparse_grad
 
@@ -55,12 +55,12 @@ def rank_indices(quantiles: np.ndarray, n: int, device: torch.device | str = "cp
 @torch.no_grad()
 def magnitudes_at(weights: list[torch.Tensor], quantiles: np.ndarray = MAG_QUANTILES) -> np.ndarray:
     """Sorted |w| (all prunable weights, zeros included) at the given relative ranks."""
-    flat = M.flat_abs(weights)
+    flat = mask_ops.flat_abs(weights)
     vals = torch.sort(flat).values
     return vals[rank_indices(quantiles, flat.numel(), flat.device)].double().cpu().numpy()
 
 
-def flat_mask(masks: M.Masks, names: list[str]) -> torch.Tensor:
+def flat_mask(masks: mask_ops.Masks, names: list[str]) -> torch.Tensor:
     """Concatenate per-layer masks (in prunable order) into one flat bool vector on the CPU."""
     return torch.cat([masks[n].reshape(-1).to("cpu", torch.bool) for n in names])
 
@@ -96,14 +96,14 @@ class ArtTrace:
     @torch.no_grad()
     def start(self, model: nn.Module, kappa: float) -> None:
         """At the start of ART: magnitudes and top set of the warm-up weights."""
-        named = M.prunable_named_weights(model)
+        named = mask_ops.prunable_named_weights(model)
         self.layer_names = [n for n, _ in named]
         self.n = sum(w.numel() for _, w in named)
         ws = [w for _, w in named]
         self.kappa = float(kappa)
         self.magnitudes_before = torch.from_numpy(magnitudes_at(ws))
         self.top_before = torch.from_numpy(magnitudes_at(ws, top_quantiles(kappa)))
-        self.prev_top = pack(flat_mask(M.magnitude_masks(named, kappa), self.layer_names))
+        self.prev_top = pack(flat_mask(mask_ops.magnitude_masks(named, kappa), self.layer_names))
 
     @torch.no_grad()
     def record(
@@ -111,16 +111,16 @@ class ArtTrace:
         work_dir: Path,
         row: dict[str, Any],
         model: nn.Module,
-        masks: M.Masks,
+        masks: mask_ops.Masks,
         kappa: float,
     ) -> None:
         """Append one epoch: ``row`` holds the scalar CSV fields; ``masks`` is the top set."""
-        named = M.prunable_named_weights(model)
+        named = mask_ops.prunable_named_weights(model)
         if not self.layer_names:
             self.layer_names = [n for n, _ in named]
             self.n = sum(w.numel() for _, w in named)
         ws = [w.detach() for _, w in named]
-        flat = M.flat_abs(ws)
+        flat = mask_ops.flat_abs(ws)
         vals, order = torch.sort(flat)  # one sort per epoch
         gi = rank_indices(GRAD_QUANTILES, self.n, flat.device)
         grads = hypersparse_grad(ws, kappa)

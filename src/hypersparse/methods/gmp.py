@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import torch
 
-from .. import masks as M
+from .. import masks as mask_ops
 from ..engine import MaskHooks, Trainer
 from .base import Method, load_dense_weights, register
 
@@ -110,7 +110,7 @@ class GMPHooks(MaskHooks):
         phase = trainer.phase
         assert phase is not None
         self.masks = {k: torch.ones_like(w, dtype=torch.bool)
-                      for k, w in M.prunable_named_weights(trainer.model)}
+                      for k, w in mask_ops.prunable_named_weights(trainer.model)}
         self.schedule = prune_steps(phase.epochs * len(trainer.train_loader), self.p)
         steps = update_steps(*self.schedule)
         self.final_step = steps[-1] if steps else -1
@@ -130,36 +130,36 @@ class GMPHooks(MaskHooks):
     def layer_zeros(self, sizes: list[int], sparsity: float, final: bool) -> list[int]:
         """Zeros per layer: floor(s n_l), or at the end exact shares of floor(kappa N)."""
         if not final:
-            return [M.target_zeros(sparsity, n) for n in sizes]
-        return M.apportion([self.kappa * n for n in sizes], sizes, M.target_zeros(self.kappa,
+            return [mask_ops.target_zeros(sparsity, n) for n in sizes]
+        return mask_ops.apportion([self.kappa * n for n in sizes], sizes, mask_ops.target_zeros(self.kappa,
                                                                                sum(sizes)))
 
     @torch.no_grad()
     def prune(self, trainer: Trainer, sparsity: float, final: bool = False) -> None:
         """Shrink the masks to ``sparsity`` by magnitude among the live weights, per layer
         (``scope: layer``) or globally."""
-        named = M.prunable_named_weights(trainer.model)
+        named = mask_ops.prunable_named_weights(trainer.model)
         sizes = [w.numel() for _, w in named]
         n = sum(sizes)
         before = sum(int((~m).sum()) for m in self.masks.values())
         scores = [(k, torch.where(self.masks[k], w.abs(), -1.0)) for k, w in named]
         if self.p.scope == "global":
-            zeros = M.target_zeros(self.kappa if final else sparsity, n)
+            zeros = mask_ops.target_zeros(self.kappa if final else sparsity, n)
             if zeros <= before:
                 return  # masks only shrink
-            for k, m in M.topk_masks_from_scores(scores, n - zeros).items():
+            for k, m in mask_ops.topk_masks_from_scores(scores, n - zeros).items():
                 self.masks[k].copy_(m)
         else:
             goal = self.layer_zeros(sizes, sparsity, final)
             changed = False
             for (k, sc), z, size in zip(scores, goal, sizes, strict=True):
                 if z > int((~self.masks[k]).sum()):
-                    self.masks[k].copy_(M.topk_masks_from_scores([(k, sc)], size - z)[k])
+                    self.masks[k].copy_(mask_ops.topk_masks_from_scores([(k, sc)], size - z)[k])
                     changed = True
             if not changed:
                 return
-        M.apply_masks(trainer.model, self.masks)
-        M.zero_momentum(trainer.optimizer, trainer.model, self.masks)
+        mask_ops.apply_masks(trainer.model, self.masks)
+        mask_ops.zero_momentum(trainer.optimizer, trainer.model, self.masks)
         zeros = sum(int((~m).sum()) for m in self.masks.values())
         self.log.append([trainer.step + 1, zeros / n])
 

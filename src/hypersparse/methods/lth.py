@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 import torch
 
-from .. import masks as M
+from .. import masks as mask_ops
 from ..engine import MaskHooks, Phase, Trainer
 from ..models import VGG
 from .base import Method, load_dense_weights, register
@@ -76,7 +76,7 @@ def num_rounds(kappa: float, prune_fraction: float) -> int:
 def round_zeros(kappa: float, prune_fraction: float, n: int) -> list[int]:
     """Zeros after each round: z_r = z_(r-1) + ceil(p (N - z_(r-1))) (open_lth), until
     floor(kappa N) is reached; the last round stops exactly there."""
-    target = M.target_zeros(kappa, n)
+    target = mask_ops.target_zeros(kappa, n)
     out: list[int] = []
     z = 0
     while True:
@@ -94,10 +94,10 @@ def classifier_name(model: torch.nn.Module) -> str | None:
 
 def shrink_masks(
     model: torch.nn.Module, zeros: int, spared: frozenset[str] | set[str] = frozenset()
-) -> M.Masks:
+) -> mask_ops.Masks:
     """Global magnitude masks with ``zeros`` zeros that never revive a zero weight; layers in
     ``spared`` are pruned only once every other live weight is gone."""
-    named = M.prunable_named_weights(model)
+    named = mask_ops.prunable_named_weights(model)
     n = sum(w.numel() for _, w in named)
     # Weights already pruned (exactly zero) score -1, below every live |w|; spared layers
     # score above every other layer's weight.
@@ -106,7 +106,7 @@ def shrink_masks(
         (k, torch.where(w != 0, w.detach().abs() + (lift if k in spared else 0.0), -1.0))
         for k, w in named
     ]
-    return M.topk_masks_from_scores(scores, n - zeros)
+    return mask_ops.topk_masks_from_scores(scores, n - zeros)
 
 
 @register
@@ -159,7 +159,7 @@ class LotteryTicket(Method):
         name = classifier_name(model)
         return {name} if ignore == "on" and name is not None else set()
 
-    def start_round(self, trainer: Trainer, r: int, zeros: int, dense_dir: Path) -> M.Masks:
+    def start_round(self, trainer: Trainer, r: int, zeros: int, dense_dir: Path) -> mask_ops.Masks:
         """Prune the current (or, in round 1, the dense final) weights, then rewind survivors."""
         if r == 1:
             load_dense_weights(trainer, dense_dir / "model.pt")
@@ -172,12 +172,12 @@ class LotteryTicket(Method):
                 "weights are pruned (open_lth would not prune it)", r, self.spec.kappa, cut
             )
         load_dense_weights(trainer, dense_dir / f"snapshot_e{self.p.rewind_epoch}.pt")
-        M.apply_masks(trainer.model, M.masks_to(masks, trainer.device))
+        mask_ops.apply_masks(trainer.model, mask_ops.masks_to(masks, trainer.device))
         return masks
 
     def run(self, trainer: Trainer, dense_dir: Path | None) -> dict[str, Any]:
         assert dense_dir is not None
-        n = M.num_prunable(trainer.model)
+        n = mask_ops.num_prunable(trainer.model)
         zeros = round_zeros(self.spec.kappa, self.p.prune_fraction, n)
         rounds = len(zeros)
         per_round = self.round_phase(1).epochs
@@ -198,7 +198,7 @@ class LotteryTicket(Method):
 
             trainer.fit(self.round_phase(r), hooks, on_start=start)
         spared = self.spared_layers(trainer.model)
-        named = dict(M.prunable_named_weights(trainer.model))
+        named = dict(mask_ops.prunable_named_weights(trainer.model))
         return {
             "lth": {
                 "rounds": rounds,
@@ -209,6 +209,6 @@ class LotteryTicket(Method):
                 "sparsity_per_round": [z / n for z in zeros],
                 "rewind_epoch": self.p.rewind_epoch,
                 "spared_layers": sorted(spared),
-                "classifier_zeros": M.count_zeros(named[k] for k in spared),
+                "classifier_zeros": mask_ops.count_zeros(named[k] for k in spared),
             }
         }

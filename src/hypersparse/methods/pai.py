@@ -26,18 +26,18 @@ import torch
 from ..engine import Trainer
 from ..masks import Masks
 from ..models import VGG, parse_model_name
-from . import pai_scores as S
+from . import pai_scores
 from .base import Method, register
 
 
-def scoring_batches(trainer: Trainer, num_batches: int) -> list[S.Batch]:
+def scoring_batches(trainer: Trainer, num_batches: int) -> list[pai_scores.Batch]:
     """The first ``num_batches`` training batches of epoch 0 (same every run of a seed)."""
     trainer.train_loader.set_epoch(0)
     return list(itertools.islice(iter(trainer.train_loader), num_batches))
 
 
 def class_balanced_batch(trainer: Trainer, samples_per_class: int, iteration: int = 0
-                         ) -> S.Batch:
+                         ) -> pai_scores.Batch:
     """The reference's scoring batch: the first ``samples_per_class`` images of each class in
     a shuffled, augmented pass over the training set (pass ``iteration``), class by class.
 
@@ -95,7 +95,7 @@ class ScoringData:
             if v is not None:
                 _positive(name, v)
 
-    def batches(self, trainer: Trainer, split_halves: bool = False) -> list[S.Batch]:
+    def batches(self, trainer: Trainer, split_halves: bool = False) -> list[pai_scores.Batch]:
         """The scoring batches; GraSP (``split_halves``) splits each class-balanced batch in
         two halves as the reference does (first half: the lower class indices)."""
         if self.scoring_data == "batches":
@@ -103,7 +103,7 @@ class ScoringData:
         per_class, iters = reference_scoring_size(trainer.spec.dataset, trainer.spec.model)
         per_class = self.samples_per_class or per_class
         iters = self.iterations or iters
-        out: list[S.Batch] = []
+        out: list[pai_scores.Batch] = []
         for it in range(iters):
             x, y = class_balanced_batch(trainer, per_class, it)
             if split_halves:
@@ -126,13 +126,13 @@ class PruneAtInit(Method):
     method implements :meth:`score`; one that builds its mask otherwise overrides
     :meth:`masks`."""
 
-    def score(self, trainer: Trainer) -> S.Scores:
+    def score(self, trainer: Trainer) -> pai_scores.Scores:
         """(prunable weight name, score tensor of its shape) for ``trainer.model``."""
         raise NotImplementedError
 
     def masks(self, trainer: Trainer) -> Masks:
         """The mask of this method for ``trainer.model`` at initialisation."""
-        return S.masks_keep_highest(self.score(trainer), self.spec.kappa)
+        return pai_scores.masks_keep_highest(self.score(trainer), self.spec.kappa)
 
     def generator(self) -> torch.Generator:
         """A CPU generator seeded from spec.seed (the method's own randomness)."""
@@ -154,7 +154,7 @@ class RandomPruning(PruneAtInit):
     family = "random"
 
     def masks(self, trainer: Trainer) -> Masks:
-        return S.random_masks(trainer.model, self.spec.kappa, self.generator())
+        return pai_scores.random_masks(trainer.model, self.spec.kappa, self.generator())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,8 +173,8 @@ class Snip(PruneAtInit):
     family = "snip"
     Params = SnipParams
 
-    def score(self, trainer: Trainer) -> S.Scores:
-        return S.snip_scores(trainer.model, self.p.batches(trainer))
+    def score(self, trainer: Trainer) -> pai_scores.Scores:
+        return pai_scores.snip_scores(trainer.model, self.p.batches(trainer))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,14 +205,14 @@ class Grasp(PruneAtInit):
     Params = GraspParams
 
     def masks(self, trainer: Trainer) -> Masks:
-        scores = S.grasp_scores(
+        scores = pai_scores.grasp_scores(
             trainer.model,
             self.p.batches(trainer, split_halves=True),
             self.p.temperature,
             self.p.reinit_linear,
             self.generator(),
         )
-        return S.masks_remove_highest(scores, self.spec.kappa)
+        return pai_scores.masks_remove_highest(scores, self.spec.kappa)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,7 +246,7 @@ class Synflow(PruneAtInit):
     def masks(self, trainer: Trainer) -> Masks:
         info = trainer.info
         shape = (info.in_channels, info.image_size, info.image_size)
-        return S.synflow_masks(
+        return pai_scores.synflow_masks(
             trainer.model, shape, self.spec.kappa, self.p.iterations, self.p.double
         )
 
@@ -284,6 +284,6 @@ class SmartRatio(PruneAtInit):
     def masks(self, trainer: Trainer) -> Masks:
         decay = self.p.index_decay
         index_decay = isinstance(trainer.model, VGG) if decay == "auto" else decay == "on"
-        return S.smart_ratio_masks(
+        return pai_scores.smart_ratio_masks(
             trainer.model, self.spec.kappa, self.generator(), self.p.linear_keep_ratio, index_decay
         )

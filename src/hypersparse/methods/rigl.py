@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 import torch
 
-from .. import masks as M
+from .. import masks as mask_ops
 from ..engine import MaskHooks, Trainer
 from .base import Method, register
 
@@ -96,7 +96,7 @@ def layer_keep_counts(
     counts = {k: sizes[k] for k in full}
     real = [min(eps * raw[k] * sizes[k], float(sizes[k])) for k in rest]
     left = keep - sum(counts.values())
-    counts.update(zip(rest, M.apportion(real, [sizes[k] for k in rest], left), strict=True))
+    counts.update(zip(rest, mask_ops.apportion(real, [sizes[k] for k in rest], left), strict=True))
     return counts
 
 
@@ -127,9 +127,9 @@ def drop_grow(
     if k == 0:
         return mask, torch.zeros_like(mask)
     keep_scores = torch.where(mask, weight.abs(), -1.0)
-    survivors = M.topk_masks_from_scores([(name, keep_scores)], active - k)[name]
+    survivors = mask_ops.topk_masks_from_scores([(name, keep_scores)], active - k)[name]
     grow_scores = torch.where(survivors, -1.0, grad_abs.float())
-    grown = M.topk_masks_from_scores([(name, grow_scores)], k)[name]
+    grown = mask_ops.topk_masks_from_scores([(name, grow_scores)], k)[name]
     return survivors | grown, grown & ~mask
 
 
@@ -182,8 +182,8 @@ class RigLHooks(MaskHooks):
     def update(self, trainer: Trainer, fraction: float) -> None:
         """Drop/grow in every masked layer from the current (dense) gradients; new connections
         start at zero with zero momentum."""
-        still: M.Masks = {}
-        for name, w in M.prunable_named_weights(trainer.model):
+        still: mask_ops.Masks = {}
+        for name, w in mask_ops.prunable_named_weights(trainer.model):
             old = self.masks.get(name)
             if old is None:  # outside the mask (the dense first layer)
                 continue
@@ -191,8 +191,8 @@ class RigLHooks(MaskHooks):
             new, _ = drop_grow(w, g, old, fraction, name)
             still[name] = new & old  # weights that were and stay active keep their momentum
             old.copy_(new)  # in place: a captured step keeps reading this mask
-        M.apply_masks(trainer.model, self.masks)  # dropped -> 0; grown were 0 already
-        M.zero_momentum(trainer.optimizer, trainer.model, still)
+        mask_ops.apply_masks(trainer.model, self.masks)  # dropped -> 0; grown were 0 already
+        mask_ops.zero_momentum(trainer.optimizer, trainer.model, still)
         self.updates += 1
 
     def on_phase_end(self, trainer: Trainer) -> dict[str, Any]:
@@ -223,20 +223,20 @@ class RigL(Method):
     family = "rigl"
     Params = RigLParams
 
-    def initial_masks(self, model: torch.nn.Module) -> M.Masks:
+    def initial_masks(self, model: torch.nn.Module) -> mask_ops.Masks:
         """ERK (or uniform) per-layer counts, random positions, exact global count.
 
         With ``dense_first_layer`` the first layer counts as kept whole and has no mask.
         """
-        named = M.prunable_named_weights(model)
+        named = mask_ops.prunable_named_weights(model)
         n = sum(w.numel() for _, w in named)
-        keep = M.keep_count(self.spec.kappa, n)
+        keep = mask_ops.keep_count(self.spec.kappa, n)
         dense = {named[0][0]} if self.p.dense_first_layer and named else set()
         counts = layer_keep_counts(
             [(k, tuple(w.shape)) for k, w in named], keep, self.p.distribution, dense
         )
         gen = torch.Generator().manual_seed(self.spec.seed)
-        masks = M.random_layer_masks(named, [counts[k] for k, _ in named], gen)
+        masks = mask_ops.random_layer_masks(named, [counts[k] for k, _ in named], gen)
         return {k: m for k, m in masks.items() if k not in dense}
 
     def run(self, trainer: Trainer, dense_dir: Path | None) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from typing import Any
 
 from torch import nn
 
-from .. import masks as M
+from .. import masks as mask_ops
 from ..engine import Hooks, Phase, Trainer
 from ..optim_xrda import XRDA
 from .base import Method, register
@@ -71,8 +71,8 @@ def resolved_taus(p: XRDAParams, dataset: str, model: str) -> tuple[float, float
 
 def _zero_count(model: nn.Module) -> tuple[int, int]:
     """(exact zeros, N) over the prunable weights of ``model``."""
-    ws = M.prunable_weights(model)
-    return M.count_zeros(ws), sum(w.numel() for w in ws)
+    ws = mask_ops.prunable_weights(model)
+    return mask_ops.count_zeros(ws), sum(w.numel() for w in ws)
 
 
 class _XRDAStats(Hooks):
@@ -157,7 +157,7 @@ class XRDAAtKappa(Method):
 
     def run(self, trainer: Trainer, dense_dir: Path | None) -> dict[str, Any]:
         res = train_xrda(trainer, self.p)
-        target = M.target_zeros(self.spec.kappa, res["num_prunable"])
+        target = mask_ops.target_zeros(self.spec.kappa, res["num_prunable"])
         if res["num_zero"] > target:
             log.warning(
                 "xRDA reached %d zeros, more than the %d kappa=%g asks for: lower lam so that "
@@ -167,7 +167,7 @@ class XRDAAtKappa(Method):
                 self.spec.kappa,
             )
         self.train_with_mask(
-            trainer, lambda t: M.model_masks_by_magnitude(t.model, self.spec.kappa)
+            trainer, lambda t: mask_ops.model_masks_by_magnitude(t.model, self.spec.kappa)
         )
         return {
             "xrda": {
