@@ -56,7 +56,7 @@ def _rule_blocks() -> dict[str, str]:
 
 def test_every_job_rule_has_the_conda_environment_and_runs_the_checkout():
     jobs = {name: text for name, text in _rule_blocks().items() if "shell:" in text}
-    assert {"dense", "sparse", "art", "table", "figure"} <= set(jobs)
+    assert {"dense", "sparse", "table", "figure", "aggregate", "prepare_data"} <= set(jobs)
     for name, text in jobs.items():
         assert 'conda:\n        "../../environment.yml"' in text, name
         shell = text[text.index("shell:"):]
