@@ -186,7 +186,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"run failed: {metrics.get('error')}", file=sys.stderr)
         return 0
     print(
-        f"{spec.method} {spec.dataset}/{spec.model} kappa={spec.kappa} seed={spec.seed}: "
+        f"{spec.label} {spec.dataset}/{spec.model} kappa={spec.kappa} seed={spec.seed}: "
         f"final test acc {metrics['final_test_acc']:.2f}%, sparsity {metrics['sparsity']:.4f}"
     )
     return 0

@@ -85,7 +85,7 @@ def check_dense_source(spec: RunSpec, dense: DenseFiles | None) -> None:
     from .models import build_model
 
     cls = get_method(spec.family)
-    needed = cls.dense_inputs(build_params(spec.family, spec.params, f"methods.{spec.method}"))
+    needed = cls.dense_inputs(build_params(spec.family, spec.params, f"methods.{spec.label}"))
     if not needed:
         return
     if dense is None:
@@ -117,7 +117,7 @@ def run_identity(spec: RunSpec) -> dict[str, Any]:
     return {
         "dataset": spec.dataset,
         "model": spec.model,
-        "method": spec.method,
+        "method": spec.label,
         "method_family": spec.family,
         "kappa": spec.kappa,
         "seed": spec.seed,
@@ -208,7 +208,7 @@ def execute(
     if dense_dir is not None and not isinstance(dense_dir, DenseFiles):
         dense_dir = DenseFiles(dense_dir)
     method_cls = get_method(spec.family)
-    params = build_params(spec.family, spec.params, f"methods.{spec.method}")
+    params = build_params(spec.family, spec.params, f"methods.{spec.label}")
     if finished(run_dir):  # read-only answer, no lock needed
         return _finished_result(run_dir, spec)
     with run_folder_lock(run_dir):
@@ -336,7 +336,7 @@ def _flops(spec: RunSpec, method_cls: Any, trainer: Trainer, rep: dict[str, Any]
     sparse_fwd = flops.sparse_flops(trainer.layer_flops, rep["layer_density"])
     n_train = trainer.train_loader.num_samples
     dense_epoch = flops.TRAIN_FACTOR * dense_fwd * n_train
-    params = build_params(spec.family, spec.params, f"methods.{spec.method}")
+    params = build_params(spec.family, spec.params, f"methods.{spec.label}")
     prereq = method_cls.dense_epochs_used(params, spec.dense.epochs) * dense_epoch
     train = trainer.train_flops + prereq
     dense_ref = spec.dense.epochs * dense_epoch
@@ -364,7 +364,7 @@ def _metrics(
     hist = trainer.history
     if not hist:
         raise UserError(
-            f"run {spec.method} trained no epoch: give its schedule at least one epoch "
+            f"run {spec.label} trained no epoch: give its schedule at least one epoch "
             "(dense.epochs / finetune.epochs, or the method's own epochs)")
     last_phase = hist[-1]["phase"]
     final_rows = [r for r in hist if r["phase"] == last_phase]

@@ -79,13 +79,21 @@ class ScheduleSpec:
         _number(f"{where}.gamma", self.gamma, low=0, high=1, low_open=True)
 
 
+_LABEL_KEY = "method"  # RunSpec.label in spec.json, specs passed to jobs, and tables
+
+
 @dataclass(frozen=True)
 class RunSpec:
-    """One training run: data, model, method (with its parameters), target sparsity, seed."""
+    """One training run: data, model, method (with its parameters), target sparsity, seed.
+
+    ``label`` names the run (the config's key under ``methods``, e.g. art_hs; its folder and
+    table row), ``family`` the registered method that implements it (e.g. art). In spec.json
+    the label is stored under the key ``method``, as in every table.
+    """
 
     dataset: str
     model: str
-    method: str = "dense"  # the run label (config key), e.g. art_hs
+    label: str = "dense"  # the run label (config key), e.g. art_hs
     family: str = "dense"  # the registered method implementing it, e.g. art
     kappa: float = 0.0  # target pruning rate: fraction of prunable weights that are zero
     seed: int = 0
@@ -101,9 +109,10 @@ class RunSpec:
     params: dict[str, Any] = field(default_factory=dict)  # the method's own hyper-parameters
 
     def __post_init__(self) -> None:
-        for name in ("dataset", "model", "method", "family", "data_root", "device"):
+        for name in ("dataset", "model", "label", "family", "data_root", "device"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+                shown = _LABEL_KEY if name == "label" else name  # as spec.json spells it
+                raise ValueError(f"{shown} must be a non-empty string, got {getattr(self, name)!r}")
         _number("kappa", self.kappa, low=0, high=1, high_open=True)
         _integer("seed", self.seed, 0)
         _number("width", self.width, low=0, low_open=True)
@@ -117,17 +126,18 @@ class RunSpec:
         self.finetune.check("finetune")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (tuples become lists)."""
-        return _jsonable(dataclasses.asdict(self))
+        """Plain JSON-able dict (tuples become lists; the label under the key ``method``)."""
+        d = _jsonable(dataclasses.asdict(self))
+        return {(_LABEL_KEY if k == "label" else k): v for k, v in d.items()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunSpec:
         """Inverse of :meth:`to_dict`; unknown keys are an error that names them."""
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls)} - {"label"} | {_LABEL_KEY}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown run-spec keys: {', '.join(unknown)}")
-        d = dict(d)
+        d = {("label" if k == _LABEL_KEY else k): v for k, v in d.items()}
         if "optim" in d:
             d["optim"] = _build(OptimSpec, d["optim"], "optim")
         for key in ("dense", "finetune"):
