@@ -168,3 +168,26 @@ def test_compiled_training_matches_eager_and_is_recorded(make_spec, tmp_path):
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4)
     assert abs(compiled["final_test_acc"] - eager["final_test_acc"]) < 1.0
+
+
+def test_a_sparse_run_reads_its_dense_file_once(make_spec, tmp_path, monkeypatch):
+    """The runner's check before any work reads the dense model and hands it to the method."""
+    from hypersparse import io
+
+    dense = tmp_path / "dense"
+    execute(make_spec("dense", epochs=1), dense, progress=False)
+    reads = []
+    real = io.safe_torch_load
+
+    def counting(path, *a, **kw):
+        reads.append(Path(path).name)
+        return real(path, *a, **kw)
+
+    import hypersparse.methods.base as base
+    import hypersparse.runner as runner
+
+    monkeypatch.setattr(runner, "safe_torch_load", counting)
+    monkeypatch.setattr(base, "safe_torch_load", counting)
+    m = execute(make_spec("omp", kappa=0.9, epochs=1), tmp_path / "omp", dense, progress=False)
+    assert m["status"] == "ok" and reads.count("model.pt") == 2  # the dense one + the saved
+    assert not base._CHECKED_DENSE  # nothing kept after the run

@@ -37,6 +37,7 @@ from .io import (
     safe_torch_load,
 )
 from .methods import build_params, get_method
+from .methods.base import checked_dense_files, hand_over_dense_file
 from .spec import RunSpec, spec_differences
 
 log = logging.getLogger("hypersparse")
@@ -110,6 +111,7 @@ def check_dense_source(spec: RunSpec, dense: DenseFiles | None) -> None:
         if not isinstance(state, dict):
             raise CheckpointError(f"checkpoint {path} holds no state dict")
         load_state_dict_checked(model, state, str(path))
+        hand_over_dense_file(path, obj)  # the method loads it from here: read once per run
 
 
 def run_identity(spec: RunSpec) -> dict[str, Any]:
@@ -211,7 +213,7 @@ def execute(
     params = build_params(spec.family, spec.params, f"methods.{spec.label}")
     if finished(run_dir):  # read-only answer, no lock needed
         return _finished_result(run_dir, spec)
-    with run_folder_lock(run_dir):
+    with run_folder_lock(run_dir), checked_dense_files():
         return _execute(spec, run_dir, dense_dir, method_cls, params, record_failure, progress,
                         compile_mode, cuda_graphs)
 

@@ -7,8 +7,10 @@ figure picks its runs up from the run folders. See the README ("Adding a method"
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -117,12 +119,35 @@ class Method:
         return trainer.fit(phase or self.finetune_phase(name), hooks, on_start=start)
 
 
+# Dense files the runner has read and checked before any work, handed to the method once
+# (a second use reads the file again, so no caller ever sees another's in-place changes).
+_CHECKED_DENSE: dict[Path, Any] = {}
+
+
+@contextlib.contextmanager
+def checked_dense_files() -> Iterator[None]:
+    """The scope of one run: dense files handed over in it are dropped when it ends (e.g. a
+    resumed run that never loads them)."""
+    try:
+        yield
+    finally:
+        _CHECKED_DENSE.clear()
+
+
+def hand_over_dense_file(path: Path, obj: Any) -> None:
+    """Keep a checked dense checkpoint for the one :func:`load_dense_weights` of this run."""
+    _CHECKED_DENSE[Path(path).resolve()] = obj
+
+
 def load_dense_weights(trainer: Trainer, path: Path) -> dict[str, Any]:
     """Load a dense checkpoint (a state dict or a snapshot dict) into ``trainer.model``.
 
-    Returns the whole loaded object so callers can take e.g. its optimizer state.
+    Returns the whole loaded object so callers can take e.g. its optimizer state (on the CPU
+    when the runner's check read it; ``load_state_dict`` moves it to the model's device).
     """
-    obj = safe_torch_load(path, map_location=trainer.device)
+    obj = _CHECKED_DENSE.pop(Path(path).resolve(), None)
+    if obj is None:
+        obj = safe_torch_load(path, map_location=trainer.device)
     state = model_state(obj)
     load_state_dict_checked(trainer.model, state, str(path))
     return obj
