@@ -12,6 +12,7 @@ import pandas as pd
 
 from hypersparse.analysis import style
 from hypersparse.analysis.runs import collect_runs, load_metrics, select_runs
+from hypersparse.spec import run_relpath
 
 from ..errors import UserError
 
@@ -90,7 +91,8 @@ def pick_run(
         raise NothingToPlotError(
             f"figure {figure!r} needs a finished run of method {' or '.join(methods)} with "
             f"{need_file} ({describe(dataset=dataset, model=model, kappa=kappa, seed=seed)}); "
-            f"none found. Train e.g. results/runs/<dataset>/<model>/{methods[0]}/k0.98/seed0."
+            "none found. Train e.g. results/runs/"
+            f"{run_relpath('<dataset>', '<model>', methods[0], 0.98, 0)}."
         )
     if dataset is None or model is None:
         d, m = pick_pair(cand, dataset, model)
