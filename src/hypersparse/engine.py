@@ -693,9 +693,11 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.step()
         test_loss, test_acc = self.evaluate(model, self.test_loader)
-        sparsity = _live_sparsity(model)
-        epoch_flops = flops.TRAIN_FACTOR * flops.sparse_flops(self.layer_flops,
-                                                        flops.densities(model)) * count
+        nonzeros = mask_ops.layer_nonzeros(model)
+        total = sum(n for _, n in nonzeros.values())
+        sparsity = (total - sum(nz for nz, _ in nonzeros.values())) / total if total else 0.0
+        epoch_flops = flops.TRAIN_FACTOR * flops.sparse_flops(
+            self.layer_flops, flops.densities(nonzeros)) * count
         self.train_flops += epoch_flops
         row = {
             "phase": phase.name,
@@ -726,12 +728,3 @@ class Trainer:
             row["seconds"],
         )
         return row
-
-
-@torch.no_grad()
-def _live_sparsity(model: nn.Module) -> float:
-    ws = mask_ops.prunable_weights(model)
-    total = sum(w.numel() for w in ws)
-    return mask_ops.count_zeros(ws) / total if total else 0.0
-
-

@@ -43,9 +43,10 @@ def layer_flops(model: nn.Module, in_channels: int, image_size: int) -> dict[str
     return out
 
 
-def densities(model: nn.Module) -> dict[str, float]:
-    """Fraction of nonzero weights per prunable layer (one host read per layer)."""
-    return {k: float((w != 0).sum()) / w.numel() for k, w in mask_ops.prunable_named_weights(model)}
+def densities(nonzeros: Mapping[str, tuple[int, int]]) -> dict[str, float]:
+    """Fraction of nonzero weights per prunable layer, from (nonzero, size) per layer
+    (:func:`hypersparse.masks.layer_nonzeros`)."""
+    return {k: nz / n for k, (nz, n) in nonzeros.items()}
 
 
 def sparse_flops(per_layer: Mapping[str, int], density: Mapping[str, float]) -> float:

@@ -70,6 +70,13 @@ def count_zeros(tensors: Iterable[torch.Tensor]) -> int:
     return sum(int((t == 0).sum()) for t in tensors)
 
 
+@torch.no_grad()
+def layer_nonzeros(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """(nonzero weights, size) of every prunable layer of a live model (one host read per
+    layer): the per-epoch sparsity and FLOPs both come from it."""
+    return {k: (int((w != 0).sum()), w.numel()) for k, w in prunable_named_weights(model)}
+
+
 def keep_count(kappa: float, n: int) -> int:
     """N - floor(kappa * N): the number of weights a pruning rate kappa keeps."""
     return n - target_zeros(kappa, n)
@@ -234,14 +241,16 @@ def sparsity_report(state: Mapping[str, torch.Tensor]) -> dict:
     layer_size {name: numel} and disconnected_layers (layers with no nonzero weight).
     """
     items = prunable_state_items(state)
-    total = sum(v.numel() for _, v in items)
-    zeros = count_zeros(v for _, v in items)
-    density = {k: float((v != 0).sum()) / v.numel() for k, v in items}
+    nonzero = {k: int((v != 0).sum()) for k, v in items}  # one count per layer serves all
+    size = {k: v.numel() for k, v in items}
+    total = sum(size.values())
+    zeros = total - sum(nonzero.values())
+    density = {k: nonzero[k] / size[k] for k in nonzero}
     return {
         "num_prunable": total,
         "num_zero": zeros,
         "sparsity": zeros / total if total else 0.0,
         "layer_density": density,
-        "layer_size": {k: v.numel() for k, v in items},
+        "layer_size": size,
         "disconnected_layers": [k for k, d in density.items() if d == 0.0],
     }
