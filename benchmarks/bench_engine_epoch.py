@@ -92,9 +92,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run and print the table (and JSON if asked)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_args(ap)
-    ap.add_argument("--models", nargs="+", default=["resnet32", "vgg19"])
-    ap.add_argument("--width", type=float, default=None, help="model width (1; --quick: 0.25)")
-    ap.add_argument("--batch", type=int, default=64)
+    common.add_model_args(ap)
     ap.add_argument("--n", type=int, default=None, help="training images (50000)")
     ap.add_argument("--test-n", type=int, default=None, help="test images (10000)")
     ap.add_argument("--epochs", type=int, default=None, help="epochs per phase (3)")

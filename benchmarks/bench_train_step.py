@@ -252,9 +252,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Parse options, run the benchmark, print the table (and JSON if asked)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_args(ap)
-    ap.add_argument("--models", nargs="+", default=["resnet32", "vgg19"])
-    ap.add_argument("--width", type=float, default=None, help="model width (1; --quick: 0.25)")
-    ap.add_argument("--batch", type=int, default=64)
+    common.add_model_args(ap)
     ap.add_argument("--n", type=int, default=None, help="images held in memory (50000)")
     ap.add_argument("--epoch-images", dest="n_epoch", type=int, default=50_000,
                     help="epoch size for the seconds-per-epoch column")

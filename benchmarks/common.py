@@ -398,6 +398,13 @@ def add_common_args(ap: Any) -> None:
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
 
 
+def add_model_args(ap: Any) -> None:
+    """The models, width and batch size of the benchmarks that train the paper's models."""
+    ap.add_argument("--models", nargs="+", default=["resnet32", "vgg19"])
+    ap.add_argument("--width", type=float, default=None, help="model width (1; --quick: 0.25)")
+    ap.add_argument("--batch", type=int, default=64)
+
+
 def apply_common_args(args: Any) -> torch.device:
     """Fill --memory's default, set --threads, and return the device of --device."""
     args.memory = args.memory or ("off" if args.quick else "subprocess")
