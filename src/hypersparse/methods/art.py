@@ -413,8 +413,8 @@ class AdaptiveRegularizedTraining(Method):
         trace = result["trace"]
         arrays = art_trace.arrays_from_state(trace["arrays"])
         final_ws = mask_ops.prunable_weights(trainer.model)
-        arrays["magnitudes_final"] = art_trace.magnitudes_at(final_ws)
-        arrays["magnitudes_top_final"] = art_trace.magnitudes_at(final_ws, arrays["top_quantiles"])
+        arrays["magnitudes_final"], arrays["magnitudes_top_final"] = art_trace.magnitudes_at(
+            final_ws, art_trace.MAG_QUANTILES, arrays["top_quantiles"])
         art_trace.write_trace_files(run_dir, trace["rows"], arrays)
         return {"art": art}
 

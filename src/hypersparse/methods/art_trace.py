@@ -53,11 +53,13 @@ def rank_indices(quantiles: np.ndarray, n: int, device: torch.device | str = "cp
 
 
 @torch.no_grad()
-def magnitudes_at(weights: list[torch.Tensor], quantiles: np.ndarray = MAG_QUANTILES) -> np.ndarray:
-    """Sorted |w| (all prunable weights, zeros included) at the given relative ranks."""
+def magnitudes_at(weights: list[torch.Tensor], *quantiles: np.ndarray) -> list[np.ndarray]:
+    """Sorted |w| (all prunable weights, zeros included) at each given set of relative ranks,
+    from one sort."""
     flat = mask_ops.flat_abs(weights)
     vals = torch.sort(flat).values
-    return vals[rank_indices(quantiles, flat.numel(), flat.device)].double().cpu().numpy()
+    return [vals[rank_indices(q, flat.numel(), flat.device)].double().cpu().numpy()
+            for q in quantiles]
 
 
 def flat_mask(masks: mask_ops.Masks, names: list[str]) -> torch.Tensor:
@@ -101,8 +103,8 @@ class ArtTrace:
         self.n = sum(w.numel() for _, w in named)
         ws = [w for _, w in named]
         self.kappa = float(kappa)
-        self.magnitudes_before = torch.from_numpy(magnitudes_at(ws))
-        self.top_before = torch.from_numpy(magnitudes_at(ws, top_quantiles(kappa)))
+        before, top = magnitudes_at(ws, MAG_QUANTILES, top_quantiles(kappa))
+        self.magnitudes_before, self.top_before = torch.from_numpy(before), torch.from_numpy(top)
         self.prev_top = pack(flat_mask(mask_ops.magnitude_masks(named, kappa), self.layer_names))
 
     @torch.no_grad()
