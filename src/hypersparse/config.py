@@ -363,46 +363,42 @@ def kappa_free_methods(cfg: dict[str, Any]) -> list[str]:
     return out
 
 
-def snapshot_epochs(cfg: dict[str, Any]) -> list[int]:
-    """Epochs at which dense runs must save snapshots, the union over all methods."""
+def method_of(cfg: dict[str, Any], label: str) -> tuple[Any, Any]:
+    """(registered method class, its built parameters) of the config's method ``label``."""
     from .methods import build_params, get_method
 
+    family, params = method_entry(label, cfg["methods"][label])
+    return get_method(family), build_params(family, params)
+
+
+def snapshot_epochs(cfg: dict[str, Any]) -> list[int]:
+    """Epochs at which dense runs must save snapshots, the union over all methods."""
     epochs: set[int] = set()
-    for label, e in cfg["methods"].items():
-        family, params = method_entry(label, e)
-        epochs.update(get_method(family).snapshot_epochs(build_params(family, params)))
+    for label in cfg["methods"]:
+        cls, params = method_of(cfg, label)
+        epochs.update(cls.snapshot_epochs(params))
     return sorted(epochs)
 
 
 def dense_inputs(cfg: dict[str, Any], label: str) -> list[str]:
     """Files of the dense run that method ``label`` starts from."""
-    from .methods import build_params, get_method
-
-    family, params = method_entry(label, cfg["methods"][label])
-    return get_method(family).dense_inputs(build_params(family, params))
+    cls, params = method_of(cfg, label)
+    return cls.dense_inputs(params)
 
 
 def extra_outputs(cfg: dict[str, Any], label: str) -> list[str]:
     """Files method ``label`` writes into a run folder besides every run's own."""
-    from .methods import get_method
-
-    if label == "dense":
-        return []
-    return list(get_method(method_entry(label, cfg["methods"][label])[0]).extra_outputs)
+    return [] if label == "dense" else list(method_of(cfg, label)[0].extra_outputs)
 
 
 def method_figures(cfg: dict[str, Any]) -> dict[str, list[str]]:
     """Figure name -> the run labels it shows, for the figures the config's methods declare
     (e.g. ART's trace figures, labels in the family's figure order)."""
-    from .methods import build_params, get_method
-
     out: dict[str, list[tuple[int, int, str]]] = {}
-    for i, (label, e) in enumerate(cfg["methods"].items()):
-        family, params = method_entry(label, e)
-        cls = get_method(family)
-        rank = cls.figure_order(build_params(family, params))
+    for i, label in enumerate(cfg["methods"]):
+        cls, params = method_of(cfg, label)
         for fig in cls.figures:
-            out.setdefault(fig, []).append((rank, i, label))
+            out.setdefault(fig, []).append((cls.figure_order(params), i, label))
     return {fig: [label for _, _, label in sorted(v)] for fig, v in out.items()}
 
 

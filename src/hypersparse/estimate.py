@@ -103,8 +103,7 @@ def grid_jobs(cfg: dict[str, Any], device: str = "gpu", table: dict | None = Non
               art_epochs: int = ART_EPOCHS_ASSUMED, strict: bool = True) -> list[JobCost]:
     """Every training job of a validated config with its epochs and seconds per epoch
     (``strict=False``: 0 s and status 'unknown' where the table has no figure)."""
-    from .config import grid_datasets, method_entry, method_kappas, sparse_methods
-    from .methods import build_params, get_method
+    from .config import grid_datasets, method_kappas, method_of, sparse_methods
 
     table = read_table() if table is None else table
     jobs: list[JobCost] = []
@@ -120,10 +119,8 @@ def grid_jobs(cfg: dict[str, Any], device: str = "gpu", table: dict | None = Non
             for seed in cfg["seeds"]:
                 jobs.append(JobCost("dense", "dense", dataset, model, 0.0, seed,
                                     int(cfg["dense"]["epochs"]), sec, status))
-                for label, entry in cfg["methods"].items():
-                    family, params = method_entry(label, entry)
-                    cls = get_method(family)
-                    built = build_params(family, params)
+                for label in cfg["methods"]:
+                    cls, built = method_of(cfg, label)
                     kappas = method_kappas(cfg, label) if label in sparse else [0.0]
                     for kappa in kappas:
                         epochs = cls.estimated_epochs(built, cfg["dense"], cfg["finetune"],
